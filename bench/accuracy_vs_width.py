@@ -1,0 +1,83 @@
+"""Held-out accuracy and synthesis time of served (ONNX) models at every width, for K samples.
+
+    .venv/bin/python bench/accuracy_vs_width.py [--checkpoint PATH] [--samples 1 5 10]
+
+Prints a table, writes docs/results/accuracy_vs_width.json and .png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from neumeta_core import checkpoint, export
+from neumeta_core.data import digits
+from neumeta_core.sampling import ratio_for
+
+RESULTS = Path(__file__).resolve().parent.parent / "docs" / "results"
+
+
+def measure(ckpt: checkpoint.Checkpoint, samples: list[int]) -> list[dict[str, float]]:
+    split = digits()
+    x, y = split.x_test.numpy(), split.y_test.numpy()
+    t = ckpt.target
+    rows = []
+    for k in samples:
+        ckpt.morph.samples = k
+        for width in tqdm(range(t.min_width, t.max_width + 1), desc=f"K={k}"):
+            started = time.perf_counter()
+            state = ckpt.morph.state_dict(width)
+            seconds = time.perf_counter() - started
+            body = export.to_onnx(t.family, state)
+            logits = export.session(body).run([export.OUTPUT], {export.INPUT: x})[0]
+            acc = 100.0 * float(np.mean(logits.argmax(axis=1) == y))
+            rows.append(
+                {"samples": k, "width": width, "ratio": ratio_for(width, t.max_width), "accuracy": acc, "seconds": seconds}
+            )
+    return rows
+
+
+def plot(rows: list[dict[str, float]], ckpt: checkpoint.Checkpoint, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for k in sorted({int(r["samples"]) for r in rows}):
+        sel = [r for r in rows if r["samples"] == k]
+        ax.plot([r["width"] for r in sel], [r["accuracy"] for r in sel], marker="o", ms=3, label=f"K = {k}")
+    t = ckpt.target
+    ax.axvspan(t.train_min_width, t.max_width, color="0.9", label="widths seen in training")
+    ax.set(xlabel="hidden width h (gamma = 1 - h/32)", ylabel="held-out accuracy (%)", ylim=(0, 100))
+    ax.set_title(f"digits, served ONNX models from one checkpoint ({ckpt.digest[:12]})")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--checkpoint", type=Path, default=checkpoint.BUNDLED)
+    p.add_argument("--samples", type=int, nargs="+", default=[1, 5, 10])
+    args = p.parse_args()
+    torch.set_num_threads(2)
+    ckpt = checkpoint.load(args.checkpoint)
+    rows = measure(ckpt, args.samples)
+    print("| K | width | ratio | accuracy (%) | synthesis (ms) |\n|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['samples']} | {r['width']} | {r['ratio']:.3f} | {r['accuracy']:.2f} | {1e3 * r['seconds']:.1f} |")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "accuracy_vs_width.json").write_text(json.dumps({"checkpoint": ckpt.digest, "rows": rows}, indent=1))
+    plot(rows, ckpt, RESULTS / "accuracy_vs_width.png")
+    print(f"wrote {RESULTS / 'accuracy_vs_width.json'} and .png")
+
+
+if __name__ == "__main__":
+    main()

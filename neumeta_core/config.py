@@ -1,0 +1,58 @@
+"""Typed configuration for the method: frozen dataclasses, stored inside every checkpoint."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Self
+
+
+class _Serialisable:
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)  # type: ignore[call-overload, no-any-return]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Self:
+        known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass(frozen=True)
+class TargetConfig(_Serialisable):
+    """A variable-width target family and the widths it is trained and served at."""
+
+    family: str = "digits_cnn"
+    max_width: int = 32  # h_max: the pretrained width, gamma = 1 - h / h_max
+    stem_channels: int = 32  # the fixed residual stream the generated block plugs into
+    num_classes: int = 10
+    train_min_width: int = 8  # widths drawn in training: train_min_width..max_width
+    min_width: int = 4  # smallest width the service hands out
+
+
+@dataclass(frozen=True)
+class HyperNetConfig(_Serialisable):
+    """The implicit network: one residual MLP per generated tensor (method notes section 2)."""
+
+    hidden: int = 128
+    layers: int = 4
+    frequencies: int = 6  # Fourier bands; 16-32 in the paper overflow float32 (notes section 1)
+    output_dim: int = 9  # one query returns a whole 3x3 kernel
+    residual_init: float = 0.1
+
+
+@dataclass(frozen=True)
+class TrainConfig(_Serialisable):
+    seed: int = 0
+    batch_size: int = 64
+    pretrain_epochs: int = 120
+    pretrain_lr: float = 2e-3
+    warm_steps: int = 1500  # fit the hypernetwork to the teacher resampled to each width
+    warm_lr: float = 1e-3
+    steps: int = 3000  # task training at random widths
+    lr: float = 5e-4
+    weight_decay: float = 1e-2
+    coord_noise: float = 1.0  # uniform noise of width 1: +-0.5 index units (notes section 3)
+    recon_weight: float = 1.0  # magnitude-weighted MSE to the teacher, at full width only
+    norm_weight: float = 1e-4  # sum of Frobenius norms of the generated tensors
+    grad_clip: float = 10.0  # value clipping, as released
+    ema_decay: float = 0.995
+    samples: int = 1  # K: weight sets averaged at inference (one clean, K - 1 noisy)

@@ -1,0 +1,76 @@
+"""From a ratio to a width, and from a width to a network with generated weights."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from neumeta_core.config import TargetConfig
+from neumeta_core.hypernet import HyperNetwork
+from neumeta_core.targets import Shape, family
+
+
+def width_for(ratio: float, max_width: int) -> int:
+    """h = round((1 - gamma) * h_max), halves rounded up; gamma is the paper's compression ratio."""
+    return math.floor((1.0 - ratio) * max_width + 0.5)
+
+
+def ratio_for(width: int, max_width: int) -> float:
+    """The ratio actually served once the width is an integer."""
+    return 1.0 - width / max_width
+
+
+class MorphicNet:
+    """A trained hypernetwork together with the fixed weights of its target family."""
+
+    def __init__(
+        self,
+        target: TargetConfig,
+        hypernet: HyperNetwork,
+        fixed: dict[str, torch.Tensor],
+        samples: int = 1,
+        noise: float = 1.0,
+        seed: int = 0,
+    ) -> None:
+        self.target = target
+        self.family = family(target.family)
+        self.hypernet = hypernet.eval()
+        self.fixed = fixed
+        self.samples = samples
+        self.noise = noise
+        self.seed = seed
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.hypernet.parameters()).device
+
+    def check_width(self, width: int) -> None:
+        lo, hi = self.target.min_width, self.target.max_width
+        if not lo <= width <= hi:
+            raise ValueError(f"width {width} is outside the supported range {lo}..{hi}")
+
+    def shapes(self, width: int) -> dict[str, Shape]:
+        return self.family.generated_shapes(self.target, width)
+
+    @torch.no_grad()
+    def generate(self, width: int) -> dict[str, torch.Tensor]:
+        """The generated tensors at `width`: deterministic, the noise comes from a fixed seed."""
+        self.check_width(width)
+        shapes = self.shapes(width)
+        gen = torch.Generator().manual_seed(self.seed)
+        tensors = self.hypernet(list(shapes.values()), self.samples, self.noise if self.samples > 1 else 0.0, gen)
+        return dict(zip(shapes, tensors, strict=True))
+
+    def state_dict(self, width: int) -> dict[str, torch.Tensor]:
+        return {**self.fixed, **self.generate(width)}
+
+    def synthesize(self, width: int) -> nn.Module:
+        """A torch model of `width` with generated weights, on the hypernetwork's device."""
+        model = self.family.build(self.target, width).to(self.device)
+        model.load_state_dict(self.state_dict(width))
+        return model.eval()
+
+    def param_count(self, width: int) -> int:
+        return self.family.param_count(self.target, width)

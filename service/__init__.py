@@ -1,0 +1,1 @@
+"""NeuMeta Serve: the HTTP service around neumeta_core."""

@@ -1,0 +1,145 @@
+"""The `neumeta` command: train, sample, eval, serve."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from neumeta_core import checkpoint, export
+from neumeta_core.config import HyperNetConfig, TargetConfig, TrainConfig
+from neumeta_core.data import digits
+from neumeta_core.sampling import ratio_for, width_for
+
+RATIOS = (0.0, 0.25, 0.5, 0.75)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from neumeta_core.train import train  # heavy imports only where needed
+
+    torch.set_num_threads(args.threads)
+    cfg = TrainConfig(
+        seed=args.seed,
+        pretrain_epochs=args.pretrain_epochs,
+        warm_steps=args.warm_steps,
+        steps=args.steps,
+        coord_noise=args.noise,
+        samples=args.samples,
+    )
+    result = train(TargetConfig(), HyperNetConfig(), cfg, digits())
+    digest = checkpoint.save(args.out, result, cfg)
+    print(f"teacher accuracy {result.teacher_accuracy:.2f}%  ({result.metadata['train_seconds']} s)")
+    for width, acc in result.accuracy.items():
+        print(f"  h={width:3d}  gamma={ratio_for(width, result.morph.target.max_width):.4g}  acc={acc:.2f}%")
+    print(f"wrote {args.out}  sha256 {digest}")
+    return 0
+
+
+def _width(args: argparse.Namespace, max_width: int) -> int:
+    return args.width if args.width is not None else width_for(args.ratio, max_width)
+
+
+def _sample(args: argparse.Namespace) -> int:
+    ckpt = checkpoint.load(args.checkpoint)
+    width = _width(args, ckpt.target.max_width)
+    model = ckpt.morph.synthesize(width)
+    body = export.to_onnx(ckpt.target.family, model.state_dict())
+    Path(args.out).write_bytes(body)
+    print(f"wrote {args.out}: width {width}, {ckpt.morph.param_count(width)} parameters, {len(body)} bytes")
+    return 0
+
+
+def _fetch(url: str, ratio: float) -> tuple[bytes, dict[str, str]]:
+    req = urllib.request.Request(f"{url.rstrip('/')}/models?ratio={ratio}", method="POST")
+    with urllib.request.urlopen(req, timeout=120) as resp:
+        return resp.read(), dict(resp.headers)
+
+
+def _eval(args: argparse.Namespace) -> int:
+    """Held-out accuracy of the served ONNX models, run with onnxruntime."""
+    split = digits()
+    x, y = split.x_test.numpy(), split.y_test.numpy()
+    ckpt = None if args.url else checkpoint.load(args.checkpoint)
+    rows = []
+    for ratio in args.ratios:
+        if ckpt is None:
+            body, headers = _fetch(args.url, ratio)
+            width, params = int(headers["X-NeuMeta-Width"]), int(headers["X-NeuMeta-Params"])
+        else:
+            width = width_for(ratio, ckpt.target.max_width)
+            body = export.to_onnx(ckpt.target.family, ckpt.morph.state_dict(width))
+            params = ckpt.morph.param_count(width)
+        logits = export.session(body).run([export.OUTPUT], {export.INPUT: x})[0]
+        acc = 100.0 * float(np.mean(logits.argmax(axis=1) == y))
+        rows.append({"ratio": ratio, "width": width, "params": params, "accuracy": round(acc, 2)})
+    print("| ratio | width h | parameters | held-out accuracy (%) |\n|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['ratio']:g} | {r['width']} | {r['params']:,} | {r['accuracy']:.2f} |")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from service.config import Settings
+    from service.main import create_app
+
+    settings = Settings()
+    if not settings.checkpoint.is_file():
+        print(f"neumeta serve: checkpoint {settings.checkpoint} does not exist (NEUMETA_CHECKPOINT)", file=sys.stderr)
+        return 2
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=settings.log_level)
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="neumeta", description="NeuMeta Serve: one network, any size")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="pretrain the digits CNN and train its hypernetwork")
+    defaults = TrainConfig()
+    t.add_argument("--out", type=Path, default=Path("neumeta-checkpoint.pt"))
+    t.add_argument("--seed", type=int, default=defaults.seed)
+    t.add_argument("--pretrain-epochs", type=int, default=defaults.pretrain_epochs)
+    t.add_argument("--warm-steps", type=int, default=defaults.warm_steps)
+    t.add_argument("--steps", type=int, default=defaults.steps)
+    t.add_argument("--noise", type=float, default=defaults.coord_noise, help="coordinate noise width (1.0 = +-0.5)")
+    t.add_argument("--samples", type=int, default=defaults.samples, help="K weight sets averaged at inference")
+    t.add_argument("--threads", type=int, default=2)
+    t.set_defaults(run=_train)
+
+    for name, helptext, run in (("sample", "write one ONNX model", _sample), ("eval", "accuracy table", _eval)):
+        s = sub.add_parser(name, help=helptext)
+        s.add_argument("--checkpoint", type=Path, default=checkpoint.BUNDLED)
+        s.set_defaults(run=run)
+    sample = sub.choices["sample"]
+    size = sample.add_mutually_exclusive_group(required=True)
+    size.add_argument("--ratio", type=float)
+    size.add_argument("--width", type=int)
+    sample.add_argument("-o", "--out", type=Path, required=True)
+    ev = sub.choices["eval"]
+    ev.add_argument("--url", help="evaluate models downloaded from a running service instead")
+    ev.add_argument("--ratios", type=float, nargs="+", default=list(RATIOS))
+    ev.add_argument("--json", type=Path, help="also write the table as JSON")
+
+    sv = sub.add_parser("serve", help="run the HTTP service (settings from NEUMETA_* variables)")
+    sv.add_argument("--host", default="127.0.0.1")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.set_defaults(run=_serve)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    return int(args.run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

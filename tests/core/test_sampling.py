@@ -1,0 +1,33 @@
+import pytest
+import torch
+
+from neumeta_core.sampling import ratio_for, width_for
+
+
+@pytest.mark.parametrize(
+    ("ratio", "width"),
+    [(0.0, 32), (0.25, 24), (0.5, 16), (0.75, 8), (0.875, 4), (1 - 23.5 / 32, 24), (1 - 23.49 / 32, 23)],
+)
+def test_width_for(ratio, width):
+    assert width_for(ratio, 32) == width
+
+
+def test_ratio_round_trip():
+    for width in range(1, 33):
+        assert width_for(ratio_for(width, 32), 32) == width
+
+
+def test_synthesis_is_deterministic(bundled):
+    morph = bundled.morph
+    for width in (8, 21):
+        a, b = morph.state_dict(width), morph.state_dict(width)
+        assert a.keys() == b.keys()
+        assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_synthesized_model_has_requested_width(bundled):
+    model = bundled.morph.synthesize(12)
+    assert model.block.conv_a.weight.shape == (12, 32, 3, 3)
+    assert bundled.morph.param_count(12) == sum(p.numel() for p in model.parameters())
+    with pytest.raises(ValueError, match="outside the supported range"):
+        bundled.morph.synthesize(bundled.target.max_width + 1)
