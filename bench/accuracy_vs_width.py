@@ -37,9 +37,8 @@ def measure(ckpt: checkpoint.Checkpoint, samples: list[int]) -> list[dict[str, f
             body = export.to_onnx(t.family, state)
             logits = export.session(body).run([export.OUTPUT], {export.INPUT: x})[0]
             acc = 100.0 * float(np.mean(logits.argmax(axis=1) == y))
-            rows.append(
-                {"samples": k, "width": width, "ratio": ratio_for(width, t.max_width), "accuracy": acc, "seconds": seconds}
-            )
+            ratio = ratio_for(width, t.max_width)
+            rows.append({"samples": k, "width": width, "ratio": ratio, "accuracy": acc, "seconds": seconds})
     return rows
 
 
@@ -54,6 +53,9 @@ def plot(rows: list[dict[str, float]], ckpt: checkpoint.Checkpoint, path: Path) 
         sel = [r for r in rows if r["samples"] == k]
         ax.plot([r["width"] for r in sel], [r["accuracy"] for r in sel], marker="o", ms=3, label=f"K = {k}")
     t = ckpt.target
+    teacher = ckpt.metadata.get("teacher_accuracy")
+    if teacher is not None:
+        ax.axhline(teacher, color="k", ls="--", lw=1, label=f"pretrained teacher, h={t.max_width}")
     ax.axvspan(t.train_min_width, t.max_width, color="0.9", label="widths seen in training")
     ax.set(xlabel="hidden width h (gamma = 1 - h/32)", ylabel="held-out accuracy (%)", ylim=(0, 100))
     ax.set_title(f"digits, served ONNX models from one checkpoint ({ckpt.digest[:12]})")

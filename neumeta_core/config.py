@@ -32,7 +32,7 @@ class TargetConfig(_Serialisable):
 class HyperNetConfig(_Serialisable):
     """The implicit network: one residual MLP per generated tensor (method notes section 2)."""
 
-    hidden: int = 128
+    hidden: int = 256
     layers: int = 4
     frequencies: int = 6  # Fourier bands; 16-32 in the paper overflow float32 (notes section 1)
     output_dim: int = 9  # one query returns a whole 3x3 kernel
@@ -45,9 +45,9 @@ class TrainConfig(_Serialisable):
     batch_size: int = 64
     pretrain_epochs: int = 120
     pretrain_lr: float = 2e-3
-    warm_steps: int = 1500  # fit the hypernetwork to the teacher resampled to each width
-    warm_lr: float = 1e-3
-    steps: int = 3000  # task training at random widths
+    warm_steps: int = 4000  # fit the hypernetwork to the teacher resampled to each width
+    warm_lr: float = 2e-3
+    steps: int = 5000  # task training at random widths
     lr: float = 5e-4
     weight_decay: float = 1e-2
     coord_noise: float = 1.0  # uniform noise of width 1: +-0.5 index units (notes section 3)
@@ -55,4 +55,4 @@ class TrainConfig(_Serialisable):
     norm_weight: float = 1e-4  # sum of Frobenius norms of the generated tensors
     grad_clip: float = 10.0  # value clipping, as released
     ema_decay: float = 0.995
-    samples: int = 1  # K: weight sets averaged at inference (one clean, K - 1 noisy)
+    samples: int = 5  # K: weight sets averaged at inference (one clean, K - 1 noisy)

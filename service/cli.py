@@ -28,10 +28,12 @@ def _train(args: argparse.Namespace) -> int:
         pretrain_epochs=args.pretrain_epochs,
         warm_steps=args.warm_steps,
         steps=args.steps,
+        warm_lr=args.warm_lr,
+        lr=args.lr,
         coord_noise=args.noise,
         samples=args.samples,
     )
-    result = train(TargetConfig(), HyperNetConfig(), cfg, digits())
+    result = train(TargetConfig(), HyperNetConfig(hidden=args.hidden), cfg, digits())
     digest = checkpoint.save(args.out, result, cfg)
     print(f"teacher accuracy {result.teacher_accuracy:.2f}%  ({result.metadata['train_seconds']} s)")
     for width, acc in result.accuracy.items():
@@ -57,7 +59,7 @@ def _sample(args: argparse.Namespace) -> int:
 def _fetch(url: str, ratio: float) -> tuple[bytes, dict[str, str]]:
     req = urllib.request.Request(f"{url.rstrip('/')}/models?ratio={ratio}", method="POST")
     with urllib.request.urlopen(req, timeout=120) as resp:
-        return resp.read(), dict(resp.headers)
+        return resp.read(), {k.lower(): v for k, v in resp.headers.items()}
 
 
 def _eval(args: argparse.Namespace) -> int:
@@ -69,7 +71,7 @@ def _eval(args: argparse.Namespace) -> int:
     for ratio in args.ratios:
         if ckpt is None:
             body, headers = _fetch(args.url, ratio)
-            width, params = int(headers["X-NeuMeta-Width"]), int(headers["X-NeuMeta-Params"])
+            width, params = int(headers["x-neumeta-width"]), int(headers["x-neumeta-params"])
         else:
             width = width_for(ratio, ckpt.target.max_width)
             body = export.to_onnx(ckpt.target.family, ckpt.morph.state_dict(width))
@@ -110,9 +112,12 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--pretrain-epochs", type=int, default=defaults.pretrain_epochs)
     t.add_argument("--warm-steps", type=int, default=defaults.warm_steps)
     t.add_argument("--steps", type=int, default=defaults.steps)
+    t.add_argument("--warm-lr", type=float, default=defaults.warm_lr)
+    t.add_argument("--lr", type=float, default=defaults.lr, help="task-training learning rate")
+    t.add_argument("--hidden", type=int, default=HyperNetConfig().hidden, help="hypernetwork MLP width")
     t.add_argument("--noise", type=float, default=defaults.coord_noise, help="coordinate noise width (1.0 = +-0.5)")
     t.add_argument("--samples", type=int, default=defaults.samples, help="K weight sets averaged at inference")
-    t.add_argument("--threads", type=int, default=2)
+    t.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest for this small model)")
     t.set_defaults(run=_train)
 
     for name, helptext, run in (("sample", "write one ONNX model", _sample), ("eval", "accuracy table", _eval)):
