@@ -8,7 +8,6 @@ from contextlib import asynccontextmanager
 
 import torch
 from fastapi import FastAPI
-from prometheus_client import make_asgi_app
 
 from neumeta_core import checkpoint
 from service import errors
@@ -52,5 +51,4 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.synth = None
     errors.install(app)
     app.include_router(router)
-    app.mount("/metrics", make_asgi_app())
     return app

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service.errors import NotReady
 from service.schemas import ERROR_RESPONSES, Health
@@ -60,3 +61,8 @@ async def healthz() -> Health:
 @router.get("/readyz", summary="Readiness: the checkpoint is loaded and warmed up", responses=ERROR_RESPONSES)
 async def readyz(synth: Synth) -> Health:
     return Health(status="ready", checkpoint=synth.checkpoint.digest)
+
+
+@router.get("/metrics", include_in_schema=False)
+async def metrics() -> Response:
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

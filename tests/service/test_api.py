@@ -76,7 +76,9 @@ def test_health_and_readiness(client, bundled):
 
 def test_metrics_count_cache_results(client):
     client.post("/models?ratio=0.5")
-    text = client.get("/metrics").text
+    r = client.get("/metrics", follow_redirects=False)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    text = r.text
     assert 'neumeta_cache_requests_total{result="hit"}' in text
     assert 'neumeta_synthesis_stage_seconds_count{stage="export"}' in text
 
