@@ -81,7 +81,8 @@ def load(path: str | Path = BUNDLED, device: str | torch.device = "cpu") -> Chec
     except FileNotFoundError:
         raise
     except Exception as exc:  # a truncated or foreign file: say which and why
-        raise ValueError(f"{path} is not a readable checkpoint: {exc}") from exc
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ValueError(f"{path} is not a readable checkpoint: {first_line}") from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ValueError(f"{path} is not a {FORMAT} file")
     target = TargetConfig.from_dict(payload["target"])

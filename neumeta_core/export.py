@@ -1,7 +1,9 @@
-"""ONNX export written directly with onnx.helper (milliseconds, no tracing per request).
+"""Model files: ONNX written directly with onnx.helper (milliseconds, no tracing per request)
+and safetensors.
 
 Every family registers a graph writer; the graph's input is `input` (batch, 1, 8, 8) float32
-with a dynamic batch axis, its output `logits` (batch, classes).
+with a dynamic batch axis, its output `logits` (batch, classes). With dtype float16 the weights
+are stored in half precision and cast to float32 inside the graph: half the bytes, same interface.
 """
 
 from __future__ import annotations
@@ -13,12 +15,18 @@ import onnx
 import onnxruntime as ort
 import torch
 from onnx import TensorProto, helper, numpy_helper
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
 from torch import nn
 
 INPUT = "input"
 OUTPUT = "logits"
 OPSET = 17
 IR_VERSION = 8  # readable by onnxruntime >= 1.10 on edge devices
+
+VERSION = "neumeta-export/2"  # part of every cache key: bump when the bytes of a file change
+FORMATS = ("onnx", "safetensors")
+DTYPES = {"float32": torch.float32, "float16": torch.float16}
 
 Weights = dict[str, np.ndarray]
 GraphWriter = Callable[[Weights], tuple[list[onnx.NodeProto], int]]
@@ -51,22 +59,62 @@ def _digits_cnn(w: Weights) -> tuple[list[onnx.NodeProto], int]:
 GRAPH_WRITERS: dict[str, GraphWriter] = {"digits_cnn": _digits_cnn}
 
 
-def to_onnx(family: str, state: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> bytes:
-    """Serialized ONNX model of `family` with the weights in `state` (any device, float32)."""
+def to_onnx(
+    family: str, state: dict[str, torch.Tensor], metadata: dict[str, str] | None = None, dtype: str = "float32"
+) -> bytes:
+    """Serialized ONNX model of `family` with the weights in `state` (any device)."""
     weights = {k: v.detach().to("cpu", torch.float32).numpy() for k, v in state.items()}
     nodes, classes = GRAPH_WRITERS[family](weights)
+    if dtype == "float16":  # store half, compute float: Cast each weight once, inside the graph
+        casts = [helper.make_node("Cast", [f"{n}.fp16"], [n], to=TensorProto.FLOAT) for n in weights]
+        initializers = [numpy_helper.from_array(a.astype(np.float16), f"{n}.fp16") for n, a in weights.items()]
+        nodes = casts + nodes
+    else:
+        initializers = [numpy_helper.from_array(a, n) for n, a in weights.items()]
     graph = helper.make_graph(
         nodes,
         family,
         [helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, ["batch", 1, 8, 8])],
         [helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, ["batch", classes])],
-        initializer=[numpy_helper.from_array(a, name) for name, a in weights.items()],
+        initializer=initializers,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="neumeta-serve")
     model.ir_version = IR_VERSION
     helper.set_model_props(model, metadata or {})
     onnx.checker.check_model(model)
     return model.SerializeToString()
+
+
+def to_safetensors(
+    state: dict[str, torch.Tensor], metadata: dict[str, str] | None = None, dtype: str = "float32"
+) -> bytes:
+    """The state dict as safetensors bytes, in `dtype`, with string metadata."""
+    tensors = {k: v.detach().to("cpu", DTYPES[dtype]).contiguous() for k, v in state.items()}
+    return bytes(save_safetensors(tensors, metadata=metadata))
+
+
+def serialize(
+    family: str, state: dict[str, torch.Tensor], fmt: str, dtype: str, metadata: dict[str, str] | None = None
+) -> bytes:
+    if fmt == "onnx":
+        return to_onnx(family, state, metadata, dtype)
+    if fmt == "safetensors":
+        return to_safetensors(state, metadata, dtype)
+    raise ValueError(f"unknown format {fmt!r}; known: {FORMATS}")
+
+
+def rounded(state: dict[str, torch.Tensor], dtype: str) -> dict[str, torch.Tensor]:
+    """The weights as a file of `dtype` stores them, back in float32: the reference to verify against."""
+    return {k: v.to(DTYPES[dtype]).float() for k, v in state.items()}
+
+
+def verify_safetensors(body: bytes, state: dict[str, torch.Tensor], dtype: str) -> float:
+    """Max abs difference between the tensors in `body` and `state` rounded to `dtype`."""
+    loaded = load_safetensors(body)
+    if loaded.keys() != state.keys():
+        return float("inf")
+    ref = rounded(state, dtype)
+    return max(float((loaded[k].float() - ref[k].cpu()).abs().max()) for k in ref)
 
 
 def session(onnx_bytes: bytes) -> ort.InferenceSession:

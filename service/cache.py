@@ -1,46 +1,261 @@
-"""In-process LRU cache of generated models, bounded in bytes."""
+"""Model cache: an in-process LRU bounded in bytes, in front of an optional Redis.
+
+Keys are content addresses (checkpoint sha256, width, format, dtype, exporter version), so a
+new checkpoint or exporter can never serve stale bytes. A Redis value is a JSON header line plus
+the body; the body's sha256 is checked on every read, and a corrupt entry is deleted, never served.
+Redis failures degrade to misses: the request is synthesised, the failure counted, and Redis is
+skipped for an exponentially growing back-off before the next attempt.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass
 from typing import Generic, TypeVar
 
+import redis.asyncio as aioredis
+from redis.exceptions import LockError, RedisError
+
+from neumeta_core import export
+from service import metrics
+
+log = logging.getLogger("neumeta.cache")
+
 V = TypeVar("V")
+T = TypeVar("T")
+PREFIX = "neumeta:v1"
+MEDIA_TYPES = {"onnx": "application/octet-stream", "safetensors": "application/octet-stream"}
 
 
 @dataclass(frozen=True)
 class CacheKey:
-    """Content address: a new checkpoint can never serve another checkpoint's bytes."""
-
     checkpoint: str  # sha256 of the checkpoint file
     width: int
     format: str
+    dtype: str
+
+    def __str__(self) -> str:
+        return f"{PREFIX}:model:{self.checkpoint}:{self.width}:{self.format}:{self.dtype}:{export.VERSION}"
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A generated model file and what describes it."""
+
+    body: bytes
+    sha256: str
+    model: str
+    checkpoint: str
+    width: int
+    params: int
+    ratio: float
+    format: str
+    dtype: str
+
+    @property
+    def filename(self) -> str:
+        suffix = "" if self.dtype == "float32" else f"-{self.dtype}"
+        return f"{self.model}-w{self.width}{suffix}.{self.format}"
+
+    @property
+    def media_type(self) -> str:
+        return MEDIA_TYPES[self.format]
+
+    def key(self) -> CacheKey:
+        return CacheKey(self.checkpoint, self.width, self.format, self.dtype)
+
+    def to_record(self) -> bytes:
+        header = {k: v for k, v in asdict(self).items() if k != "body"}
+        return json.dumps(header).encode() + b"\n" + self.body
+
+    @classmethod
+    def from_record(cls, record: bytes) -> Artifact | None:
+        """None for anything truncated, altered or malformed."""
+        head, sep, body = record.partition(b"\n")
+        if not sep:
+            return None
+        try:
+            artifact = cls(body=body, **json.loads(head))
+        except (ValueError, TypeError):
+            return None
+        return artifact if hashlib.sha256(body).hexdigest() == artifact.sha256 else None
 
 
 class LRUCache(Generic[V]):
-    def __init__(self, max_bytes: int) -> None:
-        self.max_bytes = max_bytes
-        self._items: OrderedDict[CacheKey, tuple[V, int]] = OrderedDict()
-        self.bytes = 0
+    """Least-recently-used map bounded by the sum of the sizes given to put()."""
 
-    def get(self, key: CacheKey) -> V | None:
+    def __init__(self, max_bytes: int, on_evict: Callable[[str, V], None] | None = None) -> None:
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._items: OrderedDict[str, tuple[V, int]] = OrderedDict()
+        self._on_evict = on_evict
+
+    def get(self, key: str) -> V | None:
         item = self._items.get(key)
         if item is None:
             return None
         self._items.move_to_end(key)
         return item[0]
 
-    def put(self, key: CacheKey, value: V, size: int) -> None:
+    def put(self, key: str, value: V, size: int) -> None:
         if size > self.max_bytes:
             return  # larger than the whole cache: serve it, keep nothing
-        if key in self._items:
-            self.bytes -= self._items.pop(key)[1]
+        self.pop(key)
         self._items[key] = (value, size)
         self.bytes += size
         while self.bytes > self.max_bytes:
-            _, (_, evicted) = self._items.popitem(last=False)
-            self.bytes -= evicted
+            old, (evicted, old_size) = self._items.popitem(last=False)
+            self.bytes -= old_size
+            if self._on_evict:
+                self._on_evict(old, evicted)
+
+    def pop(self, key: str) -> V | None:
+        item = self._items.pop(key, None)
+        if item is None:
+            return None
+        self.bytes -= item[1]
+        return item[0]
 
     def __len__(self) -> int:
         return len(self._items)
+
+
+class RedisTier:
+    """Redis with a time-out per command and a back-off after failures."""
+
+    def __init__(self, url: str, timeout: float, ttl: int, max_value_bytes: int) -> None:
+        self.client = aioredis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+        self.timeout, self.ttl, self.max_value_bytes = timeout, ttl, max_value_bytes
+        self._down_until = 0.0
+        self._backoff = 0.25
+        self.last_error: str | None = None
+
+    @property
+    def degraded(self) -> bool:
+        return self.last_error is not None
+
+    async def _call(self, op: str, fn: Callable[[], Awaitable[T]]) -> T | None:
+        if time.monotonic() < self._down_until:
+            metrics.REDIS_ERRORS.labels(op).inc()
+            return None
+        try:
+            result = await asyncio.wait_for(fn(), self.timeout * 2)
+        except (RedisError, OSError, TimeoutError) as exc:
+            metrics.REDIS_ERRORS.labels(op).inc()
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            self._down_until = time.monotonic() + self._backoff
+            self._backoff = min(self._backoff * 2, 30.0)
+            log.warning("redis %s failed (%s); retrying in %.2fs", op, self.last_error, self._backoff / 2)
+            return None
+        self.last_error, self._backoff = None, 0.25
+        return result
+
+    async def get(self, key: str) -> bytes | None:
+        async def read() -> bytes | None:
+            value = await self.client.get(key)
+            return value if isinstance(value, bytes) else None
+
+        return await self._call("get", read)
+
+    async def put(self, artifact: Artifact) -> None:
+        record = artifact.to_record()
+        if len(record) > self.max_value_bytes:
+            return
+
+        async def write() -> None:
+            async with self.client.pipeline(transaction=True) as pipe:
+                pipe.set(str(artifact.key()), record, ex=self.ttl)
+                pointer = json.dumps(asdict(artifact.key()))
+                pipe.set(f"{PREFIX}:sha:{artifact.sha256}", pointer, ex=self.ttl)
+                await pipe.execute()
+
+        await self._call("set", write)
+
+    async def delete(self, key: str) -> None:
+        await self._call("delete", lambda: self.client.delete(key))
+
+    async def ping(self) -> bool:
+        return bool(await self._call("ping", self.client.ping))
+
+    def lock(self, key: CacheKey, timeout: float) -> aioredis.lock.Lock:
+        return self.client.lock(f"{PREFIX}:lock:{key}", timeout=timeout, blocking=False)
+
+    async def acquire(self, lock: aioredis.lock.Lock) -> bool | None:
+        """True: ours; False: another replica holds it; None: Redis is unavailable."""
+        return await self._call("lock", lock.acquire)
+
+    async def release(self, lock: aioredis.lock.Lock) -> None:
+        async def release() -> None:
+            with contextlib.suppress(LockError):  # expired: the synthesis outlived lock_timeout
+                await lock.release()
+
+        await self._call("unlock", release)
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+
+class ModelStore:
+    """Both tiers behind one interface; the memory tier is filled from Redis hits."""
+
+    def __init__(self, max_bytes: int, remote: RedisTier | None) -> None:
+        self.memory: LRUCache[Artifact] = LRUCache(max_bytes, self._forget)
+        self.remote = remote
+        self._by_sha: dict[str, str] = {}
+
+    def _forget(self, key: str, artifact: Artifact) -> None:
+        self._by_sha.pop(artifact.sha256, None)
+
+    def remember(self, artifact: Artifact) -> None:
+        key = str(artifact.key())
+        self.memory.put(key, artifact, len(artifact.body))
+        if self.memory.get(key) is not None:
+            self._by_sha[artifact.sha256] = key
+
+    async def get(self, key: CacheKey) -> Artifact | None:
+        artifact = self.memory.get(str(key))
+        metrics.CACHE.labels("memory", "hit" if artifact else "miss").inc()
+        if artifact is None and self.remote is not None:
+            artifact = await self.get_remote(key)
+        return artifact
+
+    async def get_remote(self, key: CacheKey) -> Artifact | None:
+        assert self.remote is not None
+        record = await self.remote.get(str(key))
+        if record is None:
+            metrics.CACHE.labels("redis", "error" if self.remote.degraded else "miss").inc()
+            return None
+        artifact = Artifact.from_record(record)
+        if artifact is None or artifact.key() != key:
+            metrics.CACHE.labels("redis", "corrupt").inc()
+            log.error("corrupt cache entry %s deleted", key)
+            await self.remote.delete(str(key))
+            return None
+        metrics.CACHE.labels("redis", "hit").inc()
+        self.remember(artifact)
+        return artifact
+
+    async def get_by_sha(self, sha256: str) -> Artifact | None:
+        local = self._by_sha.get(sha256)
+        artifact = self.memory.get(local) if local else None
+        if artifact is None and self.remote is not None:
+            pointer = await self.remote.get(f"{PREFIX}:sha:{sha256}")
+            if pointer is not None:
+                try:
+                    key = CacheKey(**json.loads(pointer))
+                except (ValueError, TypeError):
+                    return None
+                artifact = await self.get_remote(key)
+        return artifact if artifact is not None and artifact.sha256 == sha256 else None
+
+    async def put(self, artifact: Artifact) -> None:
+        self.remember(artifact)
+        if self.remote is not None:
+            await self.remote.put(artifact)

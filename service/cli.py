@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import os
 import sys
-import urllib.request
 from pathlib import Path
 
+import httpx
 import numpy as np
 import torch
 
@@ -56,10 +58,24 @@ def _sample(args: argparse.Namespace) -> int:
     return 0
 
 
-def _fetch(url: str, ratio: float) -> tuple[bytes, dict[str, str]]:
-    req = urllib.request.Request(f"{url.rstrip('/')}/models?ratio={ratio}", method="POST")
-    with urllib.request.urlopen(req, timeout=120) as resp:
-        return resp.read(), {k.lower(): v for k, v in resp.headers.items()}
+def _size_params(args: argparse.Namespace) -> dict[str, str]:
+    params = {
+        k: str(v)
+        for k in ("ratio", "width", "max_params", "model", "format", "dtype")
+        if (v := getattr(args, k, None)) is not None
+    }
+    return params
+
+
+def _download(url: str, ratio: float) -> tuple[bytes, dict[str, str]]:
+    r = httpx.post(f"{url.rstrip('/')}/models", params={"ratio": ratio}, headers=_auth(), timeout=120)
+    r.raise_for_status()
+    return r.content, {k.lower(): v for k, v in r.headers.items()}
+
+
+def _auth() -> dict[str, str]:
+    key = os.environ.get("NEUMETA_API_KEY")
+    return {"Authorization": f"Bearer {key}"} if key else {}
 
 
 def _eval(args: argparse.Namespace) -> int:
@@ -70,7 +86,7 @@ def _eval(args: argparse.Namespace) -> int:
     rows = []
     for ratio in args.ratios:
         if ckpt is None:
-            body, headers = _fetch(args.url, ratio)
+            body, headers = _download(args.url, ratio)
             width, params = int(headers["x-neumeta-width"]), int(headers["x-neumeta-params"])
         else:
             width = width_for(ratio, ckpt.target.max_width)
@@ -89,15 +105,43 @@ def _eval(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
+    from pydantic import ValidationError
 
     from service.config import Settings
     from service.main import create_app
 
-    settings = Settings()
-    if not settings.checkpoint.is_file():
-        print(f"neumeta serve: checkpoint {settings.checkpoint} does not exist (NEUMETA_CHECKPOINT)", file=sys.stderr)
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        print(f"neumeta serve: invalid settings:\n{exc}", file=sys.stderr)
         return 2
-    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=settings.log_level)
+    for path in settings.checkpoints:  # fail before uvicorn starts, in one clear line
+        try:
+            checkpoint.load(path)
+        except (OSError, ValueError) as exc:
+            print(f"neumeta serve: cannot load checkpoint {path} (NEUMETA_CHECKPOINTS): {exc}", file=sys.stderr)
+            return 2
+    logging.basicConfig(level=settings.log_level.upper(), format="%(message)s")
+    uvicorn.run(
+        create_app(settings),
+        host=args.host,
+        port=args.port,
+        log_level=settings.log_level,
+        access_log=False,  # the app writes one JSON line per request
+        timeout_graceful_shutdown=int(settings.shutdown_grace),
+    )
+    return 0
+
+
+def _fetch(args: argparse.Namespace) -> int:
+    from service.client import FetchError, fetch
+
+    try:
+        result = fetch(args.url, _size_params(args), args.out, os.environ.get("NEUMETA_API_KEY"))
+    except (FetchError, httpx.HTTPError) as exc:
+        print(f"neumeta fetch: {exc}", file=sys.stderr)
+        return 1
+    print(f"{result.status}: {result.path} sha256 {result.sha256}")
     return 0
 
 
@@ -138,6 +182,18 @@ def parser() -> argparse.ArgumentParser:
     sv.add_argument("--host", default="127.0.0.1")
     sv.add_argument("--port", type=int, default=8000)
     sv.set_defaults(run=_serve)
+
+    f = sub.add_parser("fetch", help="download a model: verified, atomic, resumable (key: NEUMETA_API_KEY)")
+    f.add_argument("--url", required=True, help="the service, e.g. http://127.0.0.1:8000")
+    fsize = f.add_mutually_exclusive_group(required=True)
+    fsize.add_argument("--ratio", type=float)
+    fsize.add_argument("--width", type=int)
+    fsize.add_argument("--max-params", type=int)
+    f.add_argument("--model")
+    f.add_argument("--format", choices=export.FORMATS)
+    f.add_argument("--dtype", choices=list(export.DTYPES))
+    f.add_argument("-o", "--out", type=Path, required=True)
+    f.set_defaults(run=_fetch)
     return p
 
 

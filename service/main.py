@@ -1,4 +1,4 @@
-"""create_app(settings) and its lifespan: load the checkpoint once, warm up, serve."""
+"""create_app(settings) and its lifespan: load the checkpoints once, open Redis, warm up, serve."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ from fastapi import FastAPI
 
 from neumeta_core import checkpoint
 from service import errors
-from service.cache import LRUCache
+from service.cache import ModelStore, RedisTier
 from service.config import Settings
+from service.middleware import RequestGuard
 from service.routes import router
 from service.synthesis import Synthesizer
 
@@ -27,28 +28,52 @@ def resolve_device(setting: str) -> torch.device:
     return torch.device(setting)
 
 
+def load_models(settings: Settings, device: torch.device) -> dict[str, checkpoint.Checkpoint]:
+    """Checkpoints by name (the file's stem); the first is the default model."""
+    models: dict[str, checkpoint.Checkpoint] = {}
+    for path in settings.checkpoints:
+        if path.stem in models:
+            raise ValueError(f"two checkpoints are named {path.stem!r}: rename one file")
+        ckpt = checkpoint.load(path, device)
+        if settings.samples is not None:
+            ckpt.morph.samples = settings.samples
+        models[path.stem] = ckpt
+    return models
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         device = resolve_device(settings.device)
-        ckpt = checkpoint.load(settings.checkpoint, device)
-        if settings.samples is not None:
-            ckpt.morph.samples = settings.samples
-        synth = Synthesizer(ckpt, LRUCache(settings.cache_max_bytes))
+        models = load_models(settings, device)
+        remote = None
+        if settings.redis_url:
+            remote = RedisTier(
+                settings.redis_url, settings.redis_timeout, settings.redis_ttl, settings.redis_max_value_bytes
+            )
+        synth = Synthesizer(models, ModelStore(settings.cache_max_bytes, remote), settings)
         synth.warm_up()
-        app.state.request_hint = synth.ratio_hint()
         app.state.synth = synth
-        log.info("loaded %s (%s) on %s", settings.checkpoint, ckpt.digest[:12], device)
+        log.info("ready: %s on %s, redis %s", ", ".join(models), device, "on" if remote else "off")
         try:
             yield
         finally:
             app.state.synth = None
             synth.close()
+            if remote is not None:
+                await remote.close()
 
-    app = FastAPI(title="NeuMeta Serve", version="0.1.0", lifespan=lifespan)
+    app = FastAPI(
+        title="NeuMeta Serve",
+        version="0.2.0",
+        description="One NeuMeta hypernetwork, served as ONNX or safetensors models of any width.",
+        lifespan=lifespan,
+    )
     app.state.synth = None
+    app.state.api_keys = tuple(k.get_secret_value().encode() for k in settings.api_keys)
     errors.install(app)
     app.include_router(router)
+    app.add_middleware(RequestGuard, max_body_bytes=settings.max_body_bytes)
     return app

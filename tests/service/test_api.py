@@ -6,10 +6,14 @@ import numpy as np
 import onnx
 import pytest
 from fastapi.testclient import TestClient
+from safetensors.numpy import load as load_safetensors
 
 from neumeta_core import export
 from service.config import Settings
 from service.main import create_app
+from tests.service.conftest import metric
+
+RANGE_HINT = "ratio must be a number in [0, 0.875]"
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +26,9 @@ def test_post_models_returns_a_runnable_onnx_of_the_right_width(client, split):
     r = client.post("/models?ratio=0.25")
     assert r.status_code == 200
     assert r.headers["content-type"] == "application/octet-stream"
-    assert r.headers["etag"] == f'"{hashlib.sha256(r.content).hexdigest()}"'
+    sha = hashlib.sha256(r.content).hexdigest()
+    assert r.headers["etag"] == f'"{sha}"'
+    assert r.headers["location"] == f"/models/{sha}"
     assert r.headers["x-neumeta-width"] == "24"
     assert r.headers["x-neumeta-ratio"] == "0.25"
     assert 'filename="digits_cnn-w24.onnx"' in r.headers["content-disposition"]
@@ -41,9 +47,28 @@ def test_rounding_reports_the_ratio_actually_served(client):
     assert float(r.headers["x-neumeta-ratio"]) == pytest.approx(1 - 22 / 32, abs=1e-5)
 
 
+def test_width_and_json_body_name_the_same_model_as_ratio(client):
+    by_ratio = client.post("/models?ratio=0.5")
+    by_width = client.post("/models?width=16")
+    by_body = client.post("/models", json={"width": 16})
+    assert by_ratio.content == by_width.content == by_body.content
+    assert by_body.headers["x-neumeta-cache"] == "hit"
+
+
+def test_max_params_picks_the_largest_width_that_fits(client, bundled):
+    budget = bundled.morph.param_count(20)
+    r = client.post(f"/models?max_params={budget}")
+    assert r.headers["x-neumeta-width"] == "20" and int(r.headers["x-neumeta-params"]) == budget
+    r = client.post(f"/models?max_params={budget - 1}")
+    assert r.headers["x-neumeta-width"] == "19"
+    small = bundled.morph.param_count(4)
+    r = client.post(f"/models?max_params={small - 1}")
+    assert r.status_code == 422 and f"the smallest model has {small}" in r.json()["detail"]
+
+
 def test_second_identical_request_is_a_byte_identical_cache_hit(client):
-    first = client.post("/models?ratio=0.5")
-    second = client.post("/models?ratio=0.5")
+    first = client.post("/models?ratio=0.625")
+    second = client.post("/models?ratio=0.625")
     assert first.headers["x-neumeta-cache"] == "miss"
     assert second.headers["x-neumeta-cache"] == "hit"
     assert first.content == second.content
@@ -56,34 +81,138 @@ def test_bad_ratio_is_a_422_naming_the_valid_range(client, query):
     assert r.status_code == 422
     body = r.json()
     assert body["error"] == "invalid_request"
-    assert "ratio must be a number in [0, 0.875]" in body["detail"]
+    assert RANGE_HINT in body["detail"]
     assert "Traceback" not in r.text
 
 
-def test_bad_requests_do_not_disturb_the_cache(client):
-    good = client.post("/models?ratio=0.75")
-    for q in ("ratio=1", "ratio=abc"):
-        client.post(f"/models?{q}")
-    again = client.post("/models?ratio=0.75")
-    assert again.headers["x-neumeta-cache"] == "hit" and again.content == good.content
+@pytest.mark.parametrize(
+    ("query", "body", "says"),
+    [
+        ("ratio=0.5&width=16", None, "exactly one of ratio, width or max_params"),
+        ("width=3", None, "must lie in 4..32"),
+        ("width=33", None, "must lie in 4..32"),
+        ("width=1.5", None, "width must be an integer"),
+        ("ratio=0.5&format=tflite", None, "format: onnx | safetensors"),
+        ("ratio=0.5&dtype=int8", None, "dtype: float32 | float16"),
+        ("ratio=0.5", {"width": 16}, "either in the query string or in a JSON body"),
+        ("", {"width": 16, "colour": "red"}, "Extra inputs are not permitted"),
+        ("", {"ratio": "half"}, RANGE_HINT),
+    ],
+)
+def test_invalid_requests_say_what_is_valid(client, query, body, says):
+    r = client.post(f"/models?{query}", json=body) if body is not None else client.post(f"/models?{query}")
+    assert r.status_code == 422, r.text
+    assert r.json()["error"] == "invalid_request" and says in r.json()["detail"]
+
+
+def test_unknown_model_is_a_404_listing_the_loaded_ones(client):
+    r = client.post("/models?ratio=0.5&model=resnet20")
+    assert r.status_code == 404 and "loaded: digits_cnn" in r.json()["detail"]
+
+
+def test_safetensors_and_float16(client, bundled):
+    st = client.post("/models?width=12&format=safetensors")
+    assert st.status_code == 200 and st.headers["content-disposition"].endswith('w12.safetensors"')
+    tensors = load_safetensors(st.content)
+    expected = bundled.morph.state_dict(12)
+    assert tensors.keys() == expected.keys()
+    assert all(np.array_equal(tensors[k], expected[k].numpy()) for k in expected)
+    full = client.post("/models?width=12")
+    half = client.post("/models?width=12&dtype=float16")
+    assert half.status_code == 200 and len(half.content) < 0.6 * len(full.content)
+    x = np.random.default_rng(0).random((4, 1, 8, 8), dtype=np.float32)
+    a = export.session(full.content).run(["logits"], {"input": x})[0]
+    b = export.session(half.content).run(["logits"], {"input": x})[0]
+    assert np.abs(a - b).max() < 0.05  # half-precision weights, float32 arithmetic
+    half16 = load_safetensors(client.post("/models?width=12&format=safetensors&dtype=float16").content)
+    assert half16["block.conv_a.weight"].dtype == np.float16
+
+
+def test_get_by_sha_is_immutable_with_etag_and_ranges(client):
+    made = client.post("/models?ratio=0.25")
+    location, body = made.headers["location"], made.content
+    r = client.get(location)
+    assert r.status_code == 200 and r.content == body
+    assert r.headers["cache-control"] == "public, max-age=31536000, immutable"
+    assert r.headers["etag"] == made.headers["etag"]
+    assert client.get(location, headers={"If-None-Match": made.headers["etag"]}).status_code == 304
+    assert client.post("/models?ratio=0.25", headers={"If-None-Match": made.headers["etag"]}).status_code == 304
+    part = client.get(location, headers={"Range": "bytes=100-199"})
+    assert part.status_code == 206 and part.content == body[100:200]
+    assert part.headers["content-range"] == f"bytes 100-199/{len(body)}"
+    assert client.get(location, headers={"Range": "bytes=1000-"}).content == body[1000:]
+    assert client.get(location, headers={"Range": "bytes=-10"}).content == body[-10:]
+    bad = client.get(location, headers={"Range": f"bytes={len(body)}-"})
+    assert bad.status_code == 416 and bad.headers["content-range"] == f"bytes */{len(body)}"
+
+
+def test_get_unknown_sha_is_a_404_with_a_hint(client):
+    r = client.get("/models/" + "0" * 64)
+    assert r.status_code == 404 and "POST /models" in r.json()["detail"]
+    assert client.get("/models/not-a-digest").status_code == 422
+
+
+def test_list_models_describes_the_checkpoint(client, bundled):
+    [info] = client.get("/models").json()
+    assert info["name"] == "digits_cnn" and info["digest"] == bundled.digest
+    assert info["widths_allowed"] == {"min": 4, "max": 32} and info["widths_trained"] == {"min": 8, "max": 32}
+    assert info["params"]["32"] == bundled.morph.param_count(32)
+    assert info["accuracy"]["8"] == pytest.approx(bundled.accuracy[8])
+    assert info["formats"] == ["onnx", "safetensors"] and info["max_ratio"] == 0.875
+    assert "block.conv_a.weight" in info["generated"]
 
 
 def test_health_and_readiness(client, bundled):
-    assert client.get("/healthz").json() == {"status": "ok", "checkpoint": None}
-    ready = client.get("/readyz")
-    assert ready.status_code == 200 and ready.json()["checkpoint"] == bundled.digest
+    for path in ("/healthz", "/v2/health/live"):
+        assert client.get(path).json() == {"status": "ok"}
+    for path in ("/readyz", "/v2/health/ready"):
+        ready = client.get(path)
+        assert ready.status_code == 200
+        assert ready.json() == {"status": "ready", "checkpoint": bundled.digest, "redis": "disabled"}
 
 
-def test_metrics_count_cache_results(client):
+def test_metrics_names_and_route_templates(client):
     client.post("/models?ratio=0.5")
+    client.get("/models/" + "1" * 64)
     r = client.get("/metrics", follow_redirects=False)
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
     text = r.text
-    assert 'neumeta_cache_requests_total{result="hit"}' in text
-    assert 'neumeta_synthesis_stage_seconds_count{stage="export"}' in text
+    for name in (
+        "neumeta_http_request_duration_seconds",
+        "neumeta_synthesis_stage_seconds",
+        "neumeta_syntheses_total",
+        "neumeta_cache_lookups_total",
+        "neumeta_singleflight_joins_total",
+        "neumeta_synthesis_queue_depth",
+        "neumeta_syntheses_in_flight",
+        "neumeta_bytes_served_total",
+        "neumeta_redis_errors_total",
+    ):
+        assert f"# TYPE {name}" in text
+    assert metric(text, 'neumeta_cache_lookups_total{result="hit",tier="memory"}') >= 1
+    assert 'route="/models/{sha256}"' in text and "1111111111" not in text  # templates, never raw paths
+
+
+def test_request_body_limit(client):
+    r = client.post("/models", content=b"{" + b" " * 20000 + b"}", headers={"content-type": "application/json"})
+    assert r.status_code == 413 and r.json()["error"] == "payload_too_large"
 
 
 def test_readiness_fails_before_the_lifespan_has_run():
     app = create_app(Settings(device="cpu"))
     r = TestClient(app, base_url="http://127.0.0.1").get("/readyz")  # no `with`: no lifespan
-    assert r.status_code == 503 and r.json()["error"] == "not_ready"
+    assert r.status_code == 503 and r.json()["error"] == "not_ready" and r.headers["retry-after"]
+
+
+def test_api_keys_guard_models_routes_only():
+    settings = Settings(device="cpu", api_keys="k-one,k-two")
+    with TestClient(create_app(settings), base_url="http://127.0.0.1") as c:
+        for method, path in (("post", "/models?ratio=0.5"), ("get", "/models"), ("get", "/models/" + "0" * 64)):
+            denied = getattr(c, method)(path)
+            assert denied.status_code == 401 and denied.headers["www-authenticate"] == "Bearer"
+            assert getattr(c, method)(path, headers={"Authorization": "Bearer wrong"}).status_code == 401
+        ok = c.post("/models?ratio=0.5", headers={"Authorization": "Bearer k-two"})
+        assert ok.status_code == 200
+        assert c.post("/models?ratio=2", headers={"Authorization": "Bearer k-one"}).status_code == 422
+        for path in ("/healthz", "/readyz", "/metrics", "/v2/health/ready"):
+            assert c.get(path).status_code == 200

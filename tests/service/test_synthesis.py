@@ -2,40 +2,46 @@ import asyncio
 
 import pytest
 
-from service.cache import LRUCache
-from service.errors import InvalidRequest
+from service.cache import ModelStore
+from service.config import Settings
+from service.errors import InvalidRequest, ModelNotFound
+from service.schemas import ModelRequest
 from service.synthesis import Synthesizer
 
 
 @pytest.fixture
 def synth(bundled):
-    s = Synthesizer(bundled, LRUCache(10**8))
+    s = Synthesizer({"digits_cnn": bundled}, ModelStore(10**8, None), Settings(device="cpu"))
     yield s
     s.close()
 
 
-def test_concurrent_identical_requests_share_one_synthesis(synth, monkeypatch):
+def test_concurrent_identical_requests_share_one_synthesis(synth, bundled, monkeypatch):
     calls: list[int] = []
     build = synth._build
 
-    def counting(width: int):
-        calls.append(width)
-        return build(width)
+    def counting(key, ckpt):
+        calls.append(key.width)
+        return build(key, ckpt)
 
     monkeypatch.setattr(synth, "_build", counting)
 
     async def burst():
-        return await asyncio.gather(*(synth.get(20) for _ in range(8)), synth.get(10))
+        same = [synth.get(bundled, 20, "onnx", "float32") for _ in range(8)]
+        return await asyncio.gather(*same, synth.get(bundled, 10, "onnx", "float32"))
 
     results = asyncio.run(burst())
     assert sorted(calls) == [10, 20]
-    bodies = {artifact.body for artifact, _ in results[:8]}
-    assert len(bodies) == 1
+    assert len({artifact.body for artifact, _ in results[:8]}) == 1
 
 
-def test_width_for_ratio_validates_at_the_boundary(synth):
-    assert synth.width_for_ratio(0.0) == 32
-    assert synth.width_for_ratio(0.875) == 4
-    for bad in (None, -0.01, 0.876, float("nan"), float("inf")):
+def test_resolve_validates_at_the_boundary(synth, bundled):
+    assert synth.resolve(ModelRequest(ratio=0.0))[1] == 32
+    assert synth.resolve(ModelRequest(ratio=0.875))[1] == 4
+    assert synth.resolve(ModelRequest(width=7))[1] == 7
+    assert synth.resolve(ModelRequest(max_params=bundled.morph.param_count(9)))[1] == 9
+    for bad in (-0.01, 0.876, float("nan"), float("inf")):
         with pytest.raises(InvalidRequest, match=r"\[0, 0.875\]"):
-            synth.width_for_ratio(bad)
+            synth.resolve(ModelRequest(ratio=bad))
+    with pytest.raises(ModelNotFound):
+        synth.resolve(ModelRequest(ratio=0.5, model="other"))

@@ -1,0 +1,136 @@
+"""The two-tier cache, single flight and degradation against a real redis-server."""
+
+import asyncio
+
+from prometheus_client import generate_latest
+
+from service.config import Settings
+from service.main import create_app
+from tests.service.conftest import RedisServer, metric, running
+
+
+def settings(redis: RedisServer, **extra) -> Settings:
+    return Settings(device="cpu", redis_url=redis.url, redis_timeout=0.2, **extra)
+
+
+def sample(name: str) -> float:
+    return metric(generate_latest().decode(), name)
+
+
+def test_second_instance_finds_the_first_ones_entry_in_redis(redis_server):
+    async def scenario():
+        async with running(create_app(settings(redis_server))) as a:
+            first = await a.post("/models?ratio=0.5")
+        before = sample('neumeta_cache_lookups_total{result="hit",tier="redis"}')
+        async with running(create_app(settings(redis_server))) as b:  # a new process's view: empty memory
+            second = await b.post("/models?ratio=0.5")
+            by_sha = await b.get(first.headers["location"])
+        return first, second, by_sha, before
+
+    first, second, by_sha, before = asyncio.run(scenario())
+    assert first.headers["x-neumeta-cache"] == "miss" and second.headers["x-neumeta-cache"] == "hit"
+    assert second.content == first.content and by_sha.content == first.content
+    assert sample('neumeta_cache_lookups_total{result="hit",tier="redis"}') == before + 1
+    keys = {k.decode() for k in redis_server.client().keys("neumeta:v1:*")}
+    assert any(k.startswith("neumeta:v1:model:") for k in keys) and any(k.startswith("neumeta:v1:sha:") for k in keys)
+    ttl = redis_server.client().ttl(next(k for k in keys if ":model:" in k))
+    assert 0 < ttl <= 7 * 24 * 3600
+
+
+def test_corrupted_redis_entry_is_never_served(redis_server):
+    async def scenario():
+        async with running(create_app(settings(redis_server))) as a:
+            good = await a.post("/models?ratio=0.25")
+        client = redis_server.client()
+        [key] = [k for k in client.keys("neumeta:v1:model:*")]
+        record = client.get(key)
+        client.set(key, record[:-100] + b"\x00" * 100)  # same length, damaged body
+        corrupt_before = sample('neumeta_cache_lookups_total{result="corrupt",tier="redis"}')
+        async with running(create_app(settings(redis_server))) as b:
+            again = await b.post("/models?ratio=0.25")
+        return good, again, corrupt_before, client.get(key)
+
+    good, again, corrupt_before, stored = asyncio.run(scenario())
+    assert again.status_code == 200 and again.content == good.content  # regenerated, not the damaged bytes
+    assert again.headers["x-neumeta-cache"] == "miss"
+    assert sample('neumeta_cache_lookups_total{result="corrupt",tier="redis"}') == corrupt_before + 1
+    assert stored is not None and stored.endswith(good.content)  # the entry was rewritten whole
+
+
+def test_32_concurrent_cold_requests_make_one_synthesis(redis_server):
+    async def scenario():
+        async with running(create_app(settings(redis_server))) as c:
+            before = sample("neumeta_syntheses_total")
+            joins = sample("neumeta_singleflight_joins_total")
+            answers = await asyncio.gather(*(c.post("/models?width=13") for _ in range(32)))
+            made = sample("neumeta_syntheses_total") - before
+            return answers, made, sample("neumeta_singleflight_joins_total") - joins
+
+    answers, syntheses, joins = asyncio.run(scenario())
+    assert [r.status_code for r in answers] == [200] * 32
+    assert len({r.content for r in answers}) == 1
+    assert syntheses == 1 and joins == 31
+
+
+def test_replicas_share_one_synthesis_through_the_redis_lock(redis_server):
+    async def scenario():
+        async with running(create_app(settings(redis_server))) as a, running(create_app(settings(redis_server))) as b:
+            before = sample("neumeta_syntheses_total")
+            served = sample('neumeta_lock_waits_total{result="served"}')
+            answers = await asyncio.gather(a.post("/models?width=11"), b.post("/models?width=11"))
+            waits = sample('neumeta_lock_waits_total{result="served"}') - served
+            return answers, sample("neumeta_syntheses_total") - before, waits
+
+    answers, syntheses, waits = asyncio.run(scenario())
+    assert [r.status_code for r in answers] == [200, 200] and answers[0].content == answers[1].content
+    assert syntheses == 1 and waits == 1
+
+
+def test_redis_down_still_serves_and_recovers(redis_server):
+    async def scenario():
+        async with running(create_app(settings(redis_server))) as c:
+            assert (await c.get("/readyz")).json()["redis"] == "ok"
+            errors = sample('neumeta_redis_errors_total{op="get"}')
+            redis_server.stop()
+            during = await asyncio.gather(*(c.post(f"/models?width={w}") for w in (5, 6, 7, 5)))
+            ready = await c.get("/readyz")
+            counted = sample('neumeta_redis_errors_total{op="get"}') - errors
+            redis_server.start()
+            recovered = None
+            for _ in range(100):  # back-off is at most a few seconds after a short outage
+                recovered = await c.get("/readyz")
+                if recovered.json()["redis"] == "ok":
+                    break
+                await asyncio.sleep(0.1)
+            after = await c.post("/models?width=9")
+            return during, ready, counted, recovered, after
+
+    during, ready, counted, recovered, after = asyncio.run(scenario())
+    assert [r.status_code for r in during] == [200] * 4
+    assert ready.status_code == 200 and ready.json()["redis"] == "degraded"
+    assert counted >= 1
+    assert recovered is not None and recovered.json()["redis"] == "ok"
+    assert after.status_code == 200
+    assert redis_server.client().keys("neumeta:v1:model:*")  # writes resumed after the restart
+
+
+def test_full_queue_answers_503_with_retry_after():
+    async def scenario():
+        app = create_app(Settings(device="cpu", max_queue=0, max_concurrent=1))
+        async with running(app) as c:
+            return await asyncio.gather(c.post("/models?width=30"), c.post("/models?width=31"))
+
+    first, second = asyncio.run(scenario())
+    assert first.status_code == 200
+    assert second.status_code == 503 and second.json()["error"] == "overloaded"
+    assert int(second.headers["retry-after"]) > 0
+
+
+def test_unreachable_redis_at_start_degrades_instead_of_failing():
+    async def scenario():
+        async with running(create_app(Settings(device="cpu", redis_url="redis://127.0.0.1:1/0"))) as c:
+            return await c.post("/models?ratio=0.5"), await c.get("/readyz")
+
+    made, ready = asyncio.run(scenario())
+    assert made.status_code == 200
+    assert ready.status_code == 200 and ready.json()["redis"] == "degraded"
