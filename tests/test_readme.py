@@ -34,3 +34,24 @@ def test_every_module_is_in_the_layout():
     listed = set(layout_paths())
     modules = {str(p.relative_to(ROOT)) for d in ("neumeta_core", "service") for p in (ROOT / d).glob("*.py")}
     assert modules - {"neumeta_core/__init__.py", "service/__init__.py"} <= listed
+
+
+def test_every_setting_route_and_metric_is_documented():
+    from prometheus_client import Metric
+
+    from service import metrics
+    from service.config import Settings
+    from service.main import create_app
+
+    readme = (ROOT / "README.md").read_text()
+    for name in Settings.model_fields:
+        assert f"NEUMETA_{name.upper()}" in readme, name
+    for route in create_app(Settings(device="cpu")).routes:
+        path = getattr(route, "path", "")
+        if path and not path.startswith(("/docs", "/redoc", "/openapi")):
+            assert f"{path}`" in readme or f"{path} " in readme, path
+    collectors = [v for v in vars(metrics).values() if hasattr(v, "_name")]
+    assert collectors
+    for collector in collectors:
+        family: Metric = next(iter(collector.describe()))
+        assert family.name in readme or f"{family.name}_total" in readme, family.name
