@@ -152,10 +152,15 @@ class RedisTier:
             self.last_error = f"{type(exc).__name__}: {exc}"
             self._down_until = time.monotonic() + self._backoff
             self._backoff = min(self._backoff * 2, 30.0)
+            await self._drop_connections()  # pooled sockets to a restarted server are all stale
             log.warning("redis %s failed (%s); retrying in %.2fs", op, self.last_error, self._backoff / 2)
             return None
         self.last_error, self._backoff = None, 0.25
         return result
+
+    async def _drop_connections(self) -> None:
+        with contextlib.suppress(RedisError, OSError):
+            await self.client.connection_pool.disconnect()
 
     async def get(self, key: str) -> bytes | None:
         async def read() -> bytes | None:
