@@ -34,6 +34,7 @@ lint: setup
 bench: setup
 	$(BIN)/pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python bench/accuracy_vs_width.py
+	$(BIN)/python bench/redis_outage.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -73,4 +73,6 @@ class MorphicNet:
         return model.eval()
 
     def param_count(self, width: int) -> int:
-        return self.family.param_count(self.target, width)
+        """Fixed plus generated parameters at `width`, from shapes alone (no model is built)."""
+        fixed = sum(v.numel() for v in self.fixed.values())
+        return fixed + sum(math.prod(shape) for shape in self.shapes(width).values())

@@ -56,9 +56,6 @@ class TargetFamily:
     generated_shapes: Callable[[TargetConfig, int], dict[str, Shape]]
     hidden_group: Callable[[TargetConfig], dict[str, int]]  # generated tensor -> its width axis
 
-    def param_count(self, cfg: TargetConfig, width: int) -> int:
-        return sum(p.numel() for p in self.build(cfg, width).parameters())
-
 
 def digits_cnn(width: int, cfg: TargetConfig | None = None) -> DigitsCNN:
     cfg = cfg or TargetConfig()
