@@ -1,6 +1,7 @@
 """HTTP round trips through the real app, lifespan included (TestClient runs it)."""
 
 import hashlib
+import time
 
 import numpy as np
 import onnx
@@ -216,3 +217,25 @@ def test_api_keys_guard_models_routes_only():
         assert c.post("/models?ratio=2", headers={"Authorization": "Bearer k-one"}).status_code == 422
         for path in ("/healthz", "/readyz", "/metrics", "/v2/health/ready"):
             assert c.get(path).status_code == 200
+
+
+def test_slow_synthesis_is_a_504_and_the_model_still_lands_in_the_cache():
+    with TestClient(create_app(Settings(device="cpu", request_timeout=0.001)), base_url="http://127.0.0.1") as c:
+        slow = c.post("/models?width=27")
+        assert slow.status_code == 504 and slow.json()["error"] == "timeout"
+        for _ in range(100):  # the synthesis finishes in the background and fills the cache
+            time.sleep(0.05)
+            again = c.post("/models?width=27")
+            if again.status_code == 200:
+                break
+        assert again.status_code == 200 and again.headers["x-neumeta-cache"] == "hit"
+
+
+def test_openapi_documents_every_route(client):
+    spec = client.get("/openapi.json").json()
+    assert {"/models", "/models/{sha256}", "/healthz", "/readyz", "/v2/health/live", "/v2/health/ready"} <= set(
+        spec["paths"]
+    )
+    params = {p["name"] for p in spec["paths"]["/models"]["post"]["parameters"]}
+    assert {"ratio", "width", "max_params", "model", "format", "dtype"} <= params
+    assert client.get("/docs").status_code == 200
