@@ -30,7 +30,7 @@ class Checkpoint:
     target: TargetConfig
     hypernet: HyperNetConfig
     train: TrainConfig
-    permutation: list[int]
+    permutation: dict[str, list[int]]  # channel group -> order applied to the pretrained weights
     accuracy: dict[int, float]  # width -> held-out accuracy (%) at training time
     metadata: dict[str, Any]
     digest: str  # sha256 of the file
@@ -63,7 +63,7 @@ def save(path: str | Path, result: TrainResult, train: TrainConfig) -> str:
             "trained": [morph.target.train_min_width, morph.target.max_width],
             "allowed": [morph.target.min_width, morph.target.max_width],
         },
-        "permutation": {"block.hidden": result.order},
+        "permutation": result.orders,
         "accuracy": {str(h): acc for h, acc in result.accuracy.items()},
         "metadata": result.metadata,
         "fixed_state": {k: v.detach().cpu().contiguous() for k, v in morph.fixed.items()},
@@ -98,7 +98,7 @@ def load(path: str | Path = BUNDLED, device: str | torch.device = "cpu") -> Chec
         target=target,
         hypernet=hyper,
         train=train,
-        permutation=list(payload["permutation"]["block.hidden"]),
+        permutation={g: list(order) for g, order in payload["permutation"].items()},
         accuracy={int(h): float(a) for h, a in payload["accuracy"].items()},
         metadata=dict(payload["metadata"]),
         digest=digest(path),

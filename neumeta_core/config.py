@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 
 class _Serialisable:
@@ -55,4 +55,5 @@ class TrainConfig(_Serialisable):
     norm_weight: float = 1e-4  # sum of Frobenius norms of the generated tensors
     grad_clip: float = 10.0  # value clipping, as released
     ema_decay: float = 0.995
+    permute: Literal["all", "hidden", "none"] = "all"  # channel groups smoothed before training
     samples: int = 5  # K: weight sets averaged at inference (one clean, K - 1 noisy)

@@ -1,20 +1,33 @@
-"""Channel permutation for smoothness: a short Hamiltonian path through the channels.
+"""Channel permutation for smoothness: a shortest Hamiltonian path through each channel group.
 
 Neighbouring channels of the pretrained weights should look alike, so that the hypernetwork
-fits a smooth function of o/S0 (method notes section 4). For the morphable block, the hidden
-channels form one group (conv_a rows and bias, conv_b columns); the stream and classes never move.
+fits a smooth function of o/S0 and i/S1 (method notes section 4). A group is every (tensor, axis)
+that indexes the same channels: a layer's outputs and biases and the next layer's inputs, and,
+across a residual addition, every tensor that reads or writes the stream. The input image
+channels and the class outputs belong to no group, so they never move.
 """
 
 from __future__ import annotations
 
-from itertools import pairwise
+from dataclasses import dataclass
 
+import fast_tsp
 import torch
 
+Group = dict[str, int]  # tensor name -> the axis of that tensor that indexes the group's channels
+SCALE = 65_535  # fast-tsp takes uint16 distances: the largest becomes SCALE
 
-def channel_features(tensors: dict[str, torch.Tensor], axes: dict[str, int]) -> torch.Tensor:
+
+@dataclass(frozen=True)
+class Smoothing:
+    state: dict[str, torch.Tensor]
+    orders: dict[str, list[int]]  # group name -> new position i holds old channel orders[i]
+    total_variation: dict[str, tuple[float, float]]  # group name -> (before, after)
+
+
+def channel_features(tensors: dict[str, torch.Tensor], group: Group) -> torch.Tensor:
     """(C, D) rows: every weight attached to channel c across the group's tensors."""
-    rows = [tensors[name].movedim(axis, 0).reshape(tensors[name].shape[axis], -1) for name, axis in axes.items()]
+    rows = [tensors[name].movedim(axis, 0).reshape(tensors[name].shape[axis], -1) for name, axis in group.items()]
     return torch.cat(rows, dim=1)
 
 
@@ -23,57 +36,36 @@ def total_variation(features: torch.Tensor) -> float:
     return float((features[1:] - features[:-1]).abs().sum())
 
 
-def shortest_path(dist: torch.Tensor) -> list[int]:
-    """Short open Hamiltonian path: greedy nearest neighbour from every start, then 2-opt.
-
-    Small groups only (tens of channels): O(n^3) per 2-opt sweep is nothing at that size.
-    """
+def shortest_path(dist: torch.Tensor, seconds: float = 1.0) -> list[int]:
+    """Short open Hamiltonian path: a TSP tour through a dummy city at distance 0 from all,
+    cut open at the dummy (fast-tsp; exact for up to 20 cities, local search beyond)."""
     n = dist.shape[0]
-    d: list[list[float]] = dist.double().tolist()
-    best: list[int] = []
-    best_len = float("inf")
-    for start in range(n):
-        path, free = [start], set(range(n)) - {start}
-        while free:
-            nxt = min(free, key=lambda j: d[path[-1]][j])
-            path.append(nxt)
-            free.remove(nxt)
-        path = _two_opt(path, d)
-        length = _path_length(path, d)
-        if length < best_len:
-            best, best_len = path, length
-    return best
+    if n <= 2:
+        return list(range(n))
+    scaled = (dist.double() / dist.max().clamp_min(1e-12) * SCALE).round().long()
+    full = torch.zeros(n + 1, n + 1, dtype=torch.long)
+    full[1:, 1:] = scaled
+    tour = fast_tsp.find_tour(full.tolist(), duration_seconds=seconds)
+    start = tour.index(0)
+    return [c - 1 for c in tour[start + 1 :] + tour[:start]]
 
 
-def _path_length(path: list[int], d: list[list[float]]) -> float:
-    return sum(d[a][b] for a, b in pairwise(path))
-
-
-def _two_opt(path: list[int], d: list[list[float]]) -> list[int]:
-    improved = True
-    while improved:
-        improved = False
-        for i in range(len(path) - 1):
-            for j in range(i + 1, len(path)):
-                # reverse path[i..j]; only the edges at its two ends change
-                last = j + 1 < len(path)
-                before = (d[path[i - 1]][path[i]] if i > 0 else 0.0) + (d[path[j]][path[j + 1]] if last else 0.0)
-                after = (d[path[i - 1]][path[j]] if i > 0 else 0.0) + (d[path[i]][path[j + 1]] if last else 0.0)
-                if after < before - 1e-9:
-                    path[i : j + 1] = path[i : j + 1][::-1]
-                    improved = True
-    return path
-
-
-def smooth_order(tensors: dict[str, torch.Tensor], axes: dict[str, int]) -> list[int]:
-    feats = channel_features(tensors, axes)
-    return shortest_path(torch.cdist(feats, feats, p=1))
-
-
-def apply_order(tensors: dict[str, torch.Tensor], axes: dict[str, int], order: list[int]) -> dict[str, torch.Tensor]:
+def apply_order(tensors: dict[str, torch.Tensor], group: Group, order: list[int]) -> dict[str, torch.Tensor]:
     """A copy of `tensors` with the group's axis of every member reindexed by `order`."""
     idx = torch.tensor(order)
     out = dict(tensors)
-    for name, axis in axes.items():
+    for name, axis in group.items():
         out[name] = tensors[name].index_select(axis, idx.to(tensors[name].device)).contiguous()
     return out
+
+
+def smooth(state: dict[str, torch.Tensor], groups: dict[str, Group]) -> Smoothing:
+    """Permute every group along its shortest path; the network computes the same function."""
+    orders, tv = {}, {}
+    for name, group in groups.items():
+        before = channel_features(state, group)
+        order = shortest_path(torch.cdist(before, before, p=1))
+        state = apply_order(state, group, order)
+        orders[name] = order
+        tv[name] = (total_variation(before), total_variation(channel_features(state, group)))
+    return Smoothing(state, orders, tv)

@@ -55,6 +55,7 @@ class TargetFamily:
     build: Callable[[TargetConfig, int], nn.Module]
     generated_shapes: Callable[[TargetConfig, int], dict[str, Shape]]
     hidden_group: Callable[[TargetConfig], dict[str, int]]  # generated tensor -> its width axis
+    channel_groups: Callable[[TargetConfig], dict[str, dict[str, int]]]  # every permutable group
 
 
 def digits_cnn(width: int, cfg: TargetConfig | None = None) -> DigitsCNN:
@@ -76,12 +77,29 @@ def _digits_hidden_group(cfg: TargetConfig) -> dict[str, int]:
     return {"block.conv_a.weight": 0, "block.conv_a.bias": 0, "block.conv_b.weight": 1}
 
 
+def _digits_groups(cfg: TargetConfig) -> dict[str, dict[str, int]]:
+    """conv1's outputs; the residual stream (conv2 out, block in and out, fc in); the block's hidden."""
+    return {
+        "conv1.out": {"conv1.weight": 0, "conv1.bias": 0, "conv2.weight": 1},
+        "stream": {
+            "conv2.weight": 0,
+            "conv2.bias": 0,
+            "block.conv_a.weight": 1,
+            "block.conv_b.weight": 0,
+            "block.conv_b.bias": 0,
+            "fc.weight": 1,
+        },
+        "block.hidden": _digits_hidden_group(cfg),
+    }
+
+
 FAMILIES: dict[str, TargetFamily] = {
     "digits_cnn": TargetFamily(
         name="digits_cnn",
         build=lambda cfg, width: digits_cnn(width, cfg),
         generated_shapes=_digits_shapes,
         hidden_group=_digits_hidden_group,
+        channel_groups=_digits_groups,
     ),
 }
 

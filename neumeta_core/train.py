@@ -2,7 +2,8 @@
 
 Recipe (method notes sections 5 and 10):
 1. pretrain the target at h_max on digits;
-2. permute the morphable block's hidden channels along a short Hamiltonian path;
+2. permute every channel group (stem outputs, residual stream, block hidden) along a shortest
+   Hamiltonian path, which leaves the function unchanged and smooths it along o and i;
 3. warm start: fit the hypernetwork to the teacher resampled to random widths (the step
    that keeps generated networks out of the dead-ReLU collapse seen on digits);
 4. task training at a uniformly random width per step: CE + magnitude-weighted reconstruction
@@ -34,7 +35,7 @@ from neumeta_core.targets import family
 @dataclass
 class TrainResult:
     morph: MorphicNet
-    order: list[int]
+    orders: dict[str, list[int]]  # channel group -> permutation applied to the teacher
     teacher_accuracy: float
     accuracy: dict[int, float]  # width -> held-out accuracy (%)
     metadata: dict[str, Any] = field(default_factory=dict)
@@ -176,13 +177,11 @@ def train(
     teacher = pretrain(target, cfg, split, progress)
     teacher_acc = accuracy(teacher, split.x_test, split.y_test)
     fam = family(target.family)
-    state = teacher.state_dict()
-    axes = fam.hidden_group(target)
-    order = permute.smooth_order(state, axes)
-    tv_before = permute.total_variation(permute.channel_features(state, axes))
-    state = permute.apply_order(state, axes, order)
-    tv_after = permute.total_variation(permute.channel_features(state, axes))
-    teacher.load_state_dict(state)
+    groups = fam.channel_groups(target)
+    if cfg.permute == "hidden":
+        groups = {"block.hidden": fam.hidden_group(target)}
+    smoothing = permute.smooth(teacher.state_dict(), groups if cfg.permute != "none" else {})
+    teacher.load_state_dict(smoothing.state)
     trainer = HypernetTrainer(target, hyper, cfg, teacher)
     warm_loss = trainer.warm_start(progress)
     ema = trainer.task(split, progress)
@@ -191,12 +190,12 @@ def train(
     table = {h: accuracy(morph.synthesize(h), split.x_test, split.y_test) for h in evaluation_widths(target)}
     meta = {
         "teacher_accuracy": teacher_acc,
-        "total_variation": {"before": tv_before, "after": tv_after},
+        "total_variation": {g: {"before": b, "after": a} for g, (b, a) in smoothing.total_variation.items()},
         "warm_start_rel_mse": warm_loss,
         "train_seconds": round(time.time() - started, 1),
         "torch": str(torch.__version__),
     }
-    return TrainResult(morph, order, teacher_acc, table, meta)
+    return TrainResult(morph, smoothing.orders, teacher_acc, table, meta)
 
 
 def evaluation_widths(target: TargetConfig) -> list[int]:

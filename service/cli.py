@@ -34,6 +34,7 @@ def _train(args: argparse.Namespace) -> int:
         lr=args.lr,
         coord_noise=args.noise,
         samples=args.samples,
+        permute=args.permute,
     )
     result = train(TargetConfig(), HyperNetConfig(hidden=args.hidden), cfg, digits())
     digest = checkpoint.save(args.out, result, cfg)
@@ -161,6 +162,7 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--hidden", type=int, default=HyperNetConfig().hidden, help="hypernetwork MLP width")
     t.add_argument("--noise", type=float, default=defaults.coord_noise, help="coordinate noise width (1.0 = +-0.5)")
     t.add_argument("--samples", type=int, default=defaults.samples, help="K weight sets averaged at inference")
+    t.add_argument("--permute", choices=["all", "hidden", "none"], default=defaults.permute, help="groups smoothed")
     t.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest for this small model)")
     t.set_defaults(run=_train)
 

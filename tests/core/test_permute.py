@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from neumeta_core import permute
@@ -5,25 +6,35 @@ from neumeta_core.config import TargetConfig
 from neumeta_core.targets import digits_cnn, family
 
 
-def test_permutation_keeps_the_function_and_lowers_total_variation():
+def test_every_group_permuted_keeps_the_function_and_lowers_total_variation():
     torch.manual_seed(0)
     model = digits_cnn(width=24).eval()
-    state = model.state_dict()
-    axes = family("digits_cnn").hidden_group(TargetConfig())
-    order = permute.smooth_order(state, axes)
-    assert sorted(order) == list(range(24))
-    permuted = permute.apply_order(state, axes, order)
+    groups = family("digits_cnn").channel_groups(TargetConfig())
+    assert set(groups) == {"conv1.out", "stream", "block.hidden"}
+    result = permute.smooth(model.state_dict(), groups)
+    for name, order in result.orders.items():
+        size = next(model.state_dict()[t].shape[a] for t, a in groups[name].items())
+        assert sorted(order) == list(range(size)) and order != list(range(size))
+        before, after = result.total_variation[name]
+        assert after < before, name
     other = digits_cnn(width=24).eval()
-    other.load_state_dict(permuted)
+    other.load_state_dict(result.state)
     x = torch.rand(32, 1, 8, 8)
     with torch.no_grad():
         assert (model(x) - other(x)).abs().max() <= 1e-5
-    tv = permute.total_variation
-    assert tv(permute.channel_features(permuted, axes)) < tv(permute.channel_features(state, axes))
 
 
-def test_shortest_path_recovers_points_on_a_line():
-    positions = torch.tensor([5.0, 0.0, 3.0, 1.0, 4.0, 2.0])[:, None]
+def test_input_and_class_axes_never_move():
+    groups = family("digits_cnn").channel_groups(TargetConfig())
+    members = {(t, a) for g in groups.values() for t, a in g.items()}
+    assert ("conv1.weight", 1) not in members  # image channels
+    assert ("fc.weight", 0) not in members and ("fc.bias", 0) not in members  # classes
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 7, 40])
+def test_shortest_path_recovers_points_on_a_line(n):
+    positions = torch.randperm(n).float()[:, None]
     order = permute.shortest_path(torch.cdist(positions, positions, p=1))
     walked = positions[order, 0].tolist()
+    assert sorted(order) == list(range(n))
     assert walked in (sorted(walked), sorted(walked, reverse=True))

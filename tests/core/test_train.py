@@ -32,7 +32,7 @@ def test_checkpoint_round_trip(tiny):
     loaded = checkpoint.load(path)
     assert loaded.digest == digest
     assert loaded.target == TINY_TARGET and loaded.hypernet == TINY_NET and loaded.train == TINY_TRAIN
-    assert loaded.permutation == result.order
+    assert loaded.permutation == result.orders and set(result.orders) == {"conv1.out", "stream", "block.hidden"}
     assert set(loaded.accuracy) == set(train.evaluation_widths(TINY_TARGET))
     for width in (2, 5, 8):
         a, b = result.morph.state_dict(width), loaded.morph.state_dict(width)
