@@ -1,9 +1,13 @@
-"""Data sets made locally: scikit-learn's bundled digits (8x8 images, no download)."""
+"""Data sets available offline: scikit-learn's bundled digits (8x8 images), and CIFAR-10 read
+from a directory the user provides."""
 
 from __future__ import annotations
 
+import pickle
 from dataclasses import dataclass
+from pathlib import Path
 
+import numpy as np
 import torch
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
@@ -11,7 +15,7 @@ from sklearn.model_selection import train_test_split
 
 @dataclass(frozen=True)
 class Split:
-    x_train: torch.Tensor  # (N, 1, 8, 8) float32 in [0, 1]
+    x_train: torch.Tensor  # (N, C, H, W) float32: digits (N, 1, 8, 8) in [0, 1]
     y_train: torch.Tensor  # (N,) int64
     x_test: torch.Tensor
     y_test: torch.Tensor
@@ -39,3 +43,38 @@ def shift(x: torch.Tensor, generator: torch.Generator, pixels: int = 1) -> torch
     cols = off[:, 1:] + torch.arange(wid)  # (B, W)
     batch = torch.arange(b)[:, None, None]
     return padded[batch, 0, rows[:, :, None], cols[:, None, :]].unsqueeze(1)
+
+
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR_STD = (0.2023, 0.1994, 0.2010)
+
+
+def cifar10(directory: str | Path) -> Split:
+    """CIFAR-10 from the standard python-pickle batches in `directory` (no download).
+
+    Expects data_batch_1..5 and test_batch as published (each a pickled dict with b"data",
+    (N, 3072) uint8 in channel-major order, and b"labels"); missing training batches are
+    skipped, so a directory with data_batch_1 and test_batch is enough for a small run.
+    Images are scaled to [0, 1] and normalised per channel with the usual mean and std.
+    """
+    root = Path(directory)
+    train_files = sorted(root.glob("data_batch_*"))
+    test_file = root / "test_batch"
+    if not train_files or not test_file.is_file():
+        raise FileNotFoundError(f"{root} must hold data_batch_1..5 and test_batch (CIFAR-10 python version)")
+    x_train, y_train = _cifar_batches(train_files)
+    x_test, y_test = _cifar_batches([test_file])
+    return Split(x_train, y_train, x_test, y_test)
+
+
+def _cifar_batches(files: list[Path]) -> tuple[torch.Tensor, torch.Tensor]:
+    images, labels = [], []
+    for path in files:
+        with open(path, "rb") as f:
+            batch = pickle.load(f, encoding="bytes")  # the published format is a pickle
+        images.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+        labels.extend(int(v) for v in batch[b"labels"])
+    x = torch.from_numpy(np.concatenate(images)).float() / 255.0
+    mean = torch.tensor(CIFAR_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(CIFAR_STD).view(1, 3, 1, 1)
+    return (x - mean) / std, torch.tensor(labels, dtype=torch.long)
