@@ -68,7 +68,8 @@ def cifar10(directory: str | Path) -> Split:
 
 
 def _cifar_batches(files: list[Path]) -> tuple[torch.Tensor, torch.Tensor]:
-    images, labels = [], []
+    images: list[np.ndarray] = []
+    labels: list[int] = []
     for path in files:
         with open(path, "rb") as f:
             batch = pickle.load(f, encoding="bytes")  # the published format is a pickle

@@ -30,7 +30,7 @@ def test_cifar10_reads_the_python_batches(tmp_path):
 
 
 def test_cifar10_missing_files_say_what_is_expected(tmp_path):
-    with pytest.raises(FileNotFoundError, match="data_batch_1..5 and test_batch"):
+    with pytest.raises(FileNotFoundError, match=r"data_batch_1\.\.5 and test_batch"):
         cifar10(tmp_path)
 
 
