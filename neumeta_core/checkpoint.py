@@ -31,6 +31,7 @@ class Checkpoint:
     hypernet: HyperNetConfig
     train: TrainConfig
     permutation: dict[str, list[int]]  # channel group -> order applied to the pretrained weights
+    teacher: dict[str, torch.Tensor] | None  # the pretrained generated tensors (older files lack them)
     accuracy: dict[int, float]  # width -> held-out accuracy (%) at training time
     metadata: dict[str, Any]
     digest: str  # sha256 of the file
@@ -67,6 +68,7 @@ def save(path: str | Path, result: TrainResult, train: TrainConfig) -> str:
         "accuracy": {str(h): acc for h, acc in result.accuracy.items()},
         "metadata": result.metadata,
         "fixed_state": {k: v.detach().cpu().contiguous() for k, v in morph.fixed.items()},
+        "teacher_state": {k: v.detach().cpu().contiguous() for k, v in result.teacher.items()},
         "hypernet_state": {k: v.detach().cpu().contiguous() for k, v in morph.hypernet.state_dict().items()},
     }
     Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -99,6 +101,7 @@ def load(path: str | Path = BUNDLED, device: str | torch.device = "cpu") -> Chec
         hypernet=hyper,
         train=train,
         permutation={g: list(order) for g, order in payload["permutation"].items()},
+        teacher=payload.get("teacher_state"),
         accuracy={int(h): float(a) for h, a in payload["accuracy"].items()},
         metadata=dict(payload["metadata"]),
         digest=digest(path),

@@ -36,6 +36,7 @@ from neumeta_core.targets import family
 class TrainResult:
     morph: MorphicNet
     orders: dict[str, list[int]]  # channel group -> permutation applied to the teacher
+    teacher: dict[str, torch.Tensor]  # the permuted teacher's generated tensors at h_max
     teacher_accuracy: float
     accuracy: dict[int, float]  # width -> held-out accuracy (%)
     metadata: dict[str, Any] = field(default_factory=dict)
@@ -57,9 +58,12 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     return 100.0 * float((pred == y).float().mean())
 
 
-def pretrain(target: TargetConfig, cfg: TrainConfig, split: Split, progress: bool = True) -> nn.Module:
-    """Train the full-width target with Adam and a cosine schedule."""
-    model = family(target.family).build(target, target.max_width)
+def pretrain(
+    target: TargetConfig, cfg: TrainConfig, split: Split, progress: bool = True, width: int | None = None
+) -> nn.Module:
+    """Train the target at `width` (default h_max) with Adam and a cosine schedule; the same
+    recipe trains the individually trained baselines."""
+    model = family(target.family).build(target, width or target.max_width)
     gen = torch.Generator().manual_seed(cfg.seed)
     steps = cfg.pretrain_epochs * (len(split.y_train) // cfg.batch_size)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.pretrain_lr)
@@ -195,7 +199,7 @@ def train(
         "train_seconds": round(time.time() - started, 1),
         "torch": str(torch.__version__),
     }
-    return TrainResult(morph, smoothing.orders, teacher_acc, table, meta)
+    return TrainResult(morph, smoothing.orders, trainer.teacher, teacher_acc, table, meta)
 
 
 def evaluation_widths(target: TargetConfig) -> list[int]:

@@ -19,6 +19,7 @@ from neumeta_core.data import digits
 from neumeta_core.sampling import ratio_for, width_for
 
 RATIOS = (0.0, 0.25, 0.5, 0.75)
+GRID = (0.0, 0.125, 0.25, 0.375, 0.5, 0.625, 0.75)
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -79,13 +80,32 @@ def _auth() -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"} if key else {}
 
 
+def _compare(args: argparse.Namespace) -> int:
+    """Hypernetwork against individually trained and L1-pruned networks over a grid of widths."""
+    from neumeta_core import baselines, report
+
+    torch.set_num_threads(1)
+    ckpt = checkpoint.load(args.checkpoint)
+    t = ckpt.target
+    ratios = args.ratios or GRID
+    widths = sorted({width_for(r, t.max_width) for r in ratios} | set(args.widths), reverse=True)
+    rows = baselines.compare(ckpt, digits(), widths, args.samples, individual=not args.no_individual)
+    title = f"digits, checkpoint {ckpt.digest[:12]}, trained on widths {t.train_min_width}..{t.max_width}"
+    paths = report.write(rows, args.out, "comparison", {"checkpoint": ckpt.digest, "title": title})
+    print(report.markdown(rows))
+    print("wrote " + ", ".join(str(p) for p in paths))
+    return 0
+
+
 def _eval(args: argparse.Namespace) -> int:
     """Held-out accuracy of the served ONNX models, run with onnxruntime."""
+    if args.baselines:
+        return _compare(args)
     split = digits()
     x, y = split.x_test.numpy(), split.y_test.numpy()
     ckpt = None if args.url else checkpoint.load(args.checkpoint)
     rows = []
-    for ratio in args.ratios:
+    for ratio in args.ratios or RATIOS:
         if ckpt is None:
             body, headers = _download(args.url, ratio)
             width, params = int(headers["x-neumeta-width"]), int(headers["x-neumeta-params"])
@@ -177,8 +197,13 @@ def parser() -> argparse.ArgumentParser:
     sample.add_argument("-o", "--out", type=Path, required=True)
     ev = sub.choices["eval"]
     ev.add_argument("--url", help="evaluate models downloaded from a running service instead")
-    ev.add_argument("--ratios", type=float, nargs="+", default=list(RATIOS))
+    ev.add_argument("--ratios", type=float, nargs="+", help=f"default {RATIOS}; with --baselines {GRID}")
     ev.add_argument("--json", type=Path, help="also write the table as JSON")
+    ev.add_argument("--baselines", action="store_true", help="compare with individually trained and L1-pruned nets")
+    ev.add_argument("--widths", type=int, nargs="*", default=[6, 4], help="with --baselines: extra widths")
+    ev.add_argument("--samples", type=int, nargs="+", default=[1, 5], help="with --baselines: K values")
+    ev.add_argument("--no-individual", action="store_true", help="with --baselines: skip the individual nets")
+    ev.add_argument("--out", type=Path, default=Path("docs/results"), help="with --baselines: output directory")
 
     sv = sub.add_parser("serve", help="run the HTTP service (settings from NEUMETA_* variables)")
     sv.add_argument("--host", default="127.0.0.1")

@@ -1,0 +1,58 @@
+"""What a generated network is compared with: an individually trained network of the same width,
+and L1-norm channel pruning of the pretrained network without fine-tuning (notes section 6a)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+
+from neumeta_core.checkpoint import Checkpoint
+from neumeta_core.data import Split
+from neumeta_core.sampling import ratio_for
+from neumeta_core.train import accuracy, pretrain
+
+
+def l1_pruned(ckpt: Checkpoint, width: int) -> dict[str, torch.Tensor]:
+    """The pretrained network with the block's hidden channels of largest L1 norm kept."""
+    if ckpt.teacher is None:
+        raise ValueError("this checkpoint holds no pretrained weights for the generated tensors; retrain it")
+    axes = ckpt.morph.family.hidden_group(ckpt.target)
+    first = next(iter(axes))
+    norms = ckpt.teacher[first].abs().flatten(1).sum(dim=1)  # one L1 norm per hidden channel
+    keep = norms.topk(width).indices.sort().values
+    pruned = {n: t.index_select(axes[n], keep) if n in axes else t for n, t in ckpt.teacher.items()}
+    return {**ckpt.morph.fixed, **pruned}
+
+
+def compare(
+    ckpt: Checkpoint, split: Split, widths: list[int], samples: list[int], individual: bool, progress: bool = True
+) -> list[dict[str, Any]]:
+    """One row per width: hypernetwork accuracy per K (and synthesis seconds), individually
+    trained and L1-pruned accuracy, parameter count, and whether training saw the width."""
+    t, morph = ckpt.target, ckpt.morph
+    default_k = morph.samples
+    rows = []
+    for width in widths:
+        row: dict[str, Any] = {
+            "width": width,
+            "ratio": ratio_for(width, t.max_width),
+            "params": morph.param_count(width),
+            "seen_in_training": t.train_min_width <= width <= t.max_width,
+        }
+        for k in samples:
+            morph.samples = k
+            started = time.perf_counter()
+            model = morph.synthesize(width)
+            row[f"synthesis_seconds_k{k}"] = time.perf_counter() - started
+            row[f"neumeta_k{k}"] = accuracy(model, split.x_test, split.y_test)
+        morph.samples = default_k
+        if ckpt.teacher is not None:
+            pruned = morph.family.build(t, width)
+            pruned.load_state_dict(l1_pruned(ckpt, width))
+            row["l1_pruned"] = accuracy(pruned, split.x_test, split.y_test)
+        if individual:
+            row["individual"] = accuracy(pretrain(t, ckpt.train, split, progress, width), split.x_test, split.y_test)
+        rows.append(row)
+    return rows

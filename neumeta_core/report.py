@@ -1,0 +1,51 @@
+"""Comparison tables written as JSON, Markdown and a PNG plot (accuracy vs ratio and vs size)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+SERIES = {"individual": "individually trained", "l1_pruned": "L1 pruning, no fine-tuning"}
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    ks = sorted(int(k.removeprefix("neumeta_k")) for k in rows[0] if k.startswith("neumeta_k"))
+    cols = [f"neumeta_k{k}" for k in ks] + [c for c in SERIES if c in rows[0]]
+    names = [f"NeuMeta K={k}" for k in ks] + [SERIES[c] for c in SERIES if c in rows[0]]
+    lines = [
+        "| γ | width | parameters | seen in training | " + " | ".join(names) + " |",
+        "|---" * (4 + len(cols)) + "|",
+    ]
+    for r in rows:
+        cells = [f"{r['ratio']:.3f}", str(r["width"]), f"{r['params']:,}", "yes" if r["seen_in_training"] else "**no**"]
+        lines.append("| " + " | ".join(cells + [f"{r[c]:.2f}" for c in cols]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write(rows: list[dict[str, Any]], directory: Path, name: str, meta: dict[str, Any]) -> list[Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = [directory / f"{name}.json", directory / f"{name}.md"]
+    paths[0].write_text(json.dumps({**meta, "rows": rows}, indent=1) + "\n")
+    paths[1].write_text(markdown(rows))
+    try:
+        import matplotlib
+    except ImportError:  # the plot needs the `bench` extra
+        return paths
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    series = [c for c in rows[0] if c.startswith("neumeta_k")] + [c for c in SERIES if c in rows[0]]
+    for col in series:
+        label = SERIES.get(col, f"NeuMeta, K = {col.removeprefix('neumeta_k')}")
+        axes[0].plot([r["ratio"] for r in rows], [r[col] for r in rows], marker="o", label=label)
+        axes[1].plot([r["params"] for r in rows], [r[col] for r in rows], marker="o", label=label)
+    axes[0].set(xlabel="compression ratio γ = 1 − h/h_max", ylabel="held-out accuracy (%)")
+    axes[1].set(xlabel="parameters of the served model", ylabel="held-out accuracy (%)")
+    axes[0].legend(loc="lower left")
+    fig.suptitle(str(meta.get("title", name)))
+    fig.tight_layout()
+    paths.append(directory / f"{name}.png")
+    fig.savefig(paths[-1], dpi=110)
+    return paths
