@@ -55,5 +55,5 @@ class TrainConfig(_Serialisable):
     norm_weight: float = 1e-4  # sum of Frobenius norms of the generated tensors
     grad_clip: float = 10.0  # value clipping, as released
     ema_decay: float = 0.995
-    permute: Literal["all", "hidden", "none"] = "all"  # channel groups smoothed before training
+    permute: Literal["all", "hidden", "none"] = "hidden"  # channel groups smoothed; see docs/training.md
     samples: int = 5  # K: weight sets averaged at inference (one clean, K - 1 noisy)
