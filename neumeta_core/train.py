@@ -96,6 +96,14 @@ def resample(
     return out
 
 
+def distillation(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """KL(teacher || student) on temperature-softened logits, times T^2 (Hinton et al.)."""
+    t = temperature
+    log_p = nn.functional.log_softmax(student / t, dim=1)
+    log_q = nn.functional.log_softmax(teacher / t, dim=1)
+    return nn.functional.kl_div(log_p, log_q, log_target=True, reduction="batchmean") * t * t
+
+
 def _relative_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return ((pred - target) ** 2).mean() / (target**2).mean().clamp_min(1e-12)
 
@@ -146,6 +154,29 @@ class HypernetTrainer:
             bar.set_postfix(rel_mse=f"{loss.item():.4f}", refresh=False)
         return loss.item()
 
+    def _width(self, micro: int) -> int:
+        """Uniform over the trained widths; with accumulation, the window's first batch is h_max."""
+        if self.cfg.accumulation > 1 and micro == 0:
+            return self.target.max_width
+        return self.rng.choice(self.widths)
+
+    def _loss(self, x: torch.Tensor, y: torch.Tensor, width: int) -> torch.Tensor:
+        """CE + Frobenius penalty, + reconstruction at h_max, + optional distillation from the teacher."""
+        cfg = self.cfg
+        weights = self._generate(width)
+        logits = functional_call(self.models[width], {**self.fixed, **weights}, (x,))
+        loss = nn.functional.cross_entropy(logits, y)
+        loss = loss + cfg.norm_weight * sum((w.norm() for w in weights.values()), torch.zeros(()))
+        if width == self.target.max_width:
+            recon = sum((_weighted_mse(weights[n], self.teacher[n]) for n in weights), torch.zeros(()))
+            loss = loss + cfg.recon_weight * recon / len(weights)
+        if cfg.kd_weight > 0:
+            with torch.no_grad():
+                full = self.models[self.target.max_width]
+                target_logits = functional_call(full, {**self.fixed, **self.teacher}, (x,))
+            loss = loss + cfg.kd_weight * distillation(logits, target_logits, cfg.kd_temperature)
+        return loss
+
     def task(self, split: Split, progress: bool) -> AveragedModel:
         cfg = self.cfg
         ema = AveragedModel(self.hypernet, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay))
@@ -154,17 +185,12 @@ class HypernetTrainer:
         data = batches(split, cfg.batch_size, self.gen)
         bar = tqdm(range(cfg.steps), desc="hypernet", disable=not progress, mininterval=1.0)
         for _ in bar:
-            x, y = next(data)
-            width = self.rng.choice(self.widths)
-            weights = self._generate(width)
-            logits = functional_call(self.models[width], {**self.fixed, **weights}, (x,))
-            loss = nn.functional.cross_entropy(logits, y)
-            loss = loss + cfg.norm_weight * sum((w.norm() for w in weights.values()), torch.zeros(()))
-            if width == self.target.max_width:
-                recon = sum((_weighted_mse(weights[n], self.teacher[n]) for n in weights), torch.zeros(()))
-                loss = loss + cfg.recon_weight * recon / len(weights)
             opt.zero_grad()
-            loss.backward()
+            for micro in range(cfg.accumulation):
+                x, y = next(data)
+                width = self._width(micro)
+                loss = self._loss(x, y, width) / cfg.accumulation
+                loss.backward()
             nn.utils.clip_grad_value_(self.hypernet.parameters(), cfg.grad_clip)
             opt.step()
             sched.step()

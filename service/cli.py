@@ -36,6 +36,8 @@ def _train(args: argparse.Namespace) -> int:
         coord_noise=args.noise,
         samples=args.samples,
         permute=args.permute,
+        accumulation=args.accumulation,
+        kd_weight=args.kd_weight,
     )
     result = train(TargetConfig(), HyperNetConfig(hidden=args.hidden), cfg, digits())
     digest = checkpoint.save(args.out, result, cfg)
@@ -183,6 +185,8 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--noise", type=float, default=defaults.coord_noise, help="coordinate noise width (1.0 = +-0.5)")
     t.add_argument("--samples", type=int, default=defaults.samples, help="K weight sets averaged at inference")
     t.add_argument("--permute", choices=["all", "hidden", "none"], default=defaults.permute, help="groups smoothed")
+    t.add_argument("--accumulation", type=int, default=defaults.accumulation, help="batches per step (h_max first)")
+    t.add_argument("--kd-weight", type=float, default=defaults.kd_weight, help="distillation from the teacher")
     t.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest for this small model)")
     t.set_defaults(run=_train)
 

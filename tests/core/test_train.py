@@ -55,3 +55,30 @@ def test_load_rejects_foreign_files(tmp_path):
     truncated.write_bytes(b"PK\x03\x04garbage")
     with pytest.raises(ValueError, match="not a readable checkpoint"):
         checkpoint.load(truncated)
+
+
+def test_accumulation_windows_start_at_full_width():
+    teacher = train.family(TINY_TARGET.family).build(TINY_TARGET, TINY_TARGET.max_width)
+    trainer = train.HypernetTrainer(TINY_TARGET, TINY_NET, TrainConfig(accumulation=4), teacher)
+    widths = [trainer._width(micro) for _ in range(50) for micro in range(4)]
+    assert widths[::4] == [TINY_TARGET.max_width] * 50
+    others = [w for i, w in enumerate(widths) if i % 4]
+    assert set(others) <= set(trainer.widths) and len(set(others)) > 1
+    single = train.HypernetTrainer(TINY_TARGET, TINY_NET, TrainConfig(accumulation=1), teacher)
+    assert len({single._width(0) for _ in range(100)}) == len(single.widths)  # uniform: every width drawn
+
+
+def test_distillation_is_zero_for_equal_logits_and_pulls_towards_the_teacher():
+    teacher = torch.tensor([[3.0, 0.0, -1.0]])
+    assert float(train.distillation(teacher.clone(), teacher, 2.0)) == pytest.approx(0.0, abs=1e-7)
+    student = torch.zeros(1, 3, requires_grad=True)
+    loss = train.distillation(student, teacher, 2.0)
+    loss.backward()
+    assert loss.item() > 0 and student.grad is not None and student.grad[0, 0] < 0 < student.grad[0, 2]
+
+
+def test_kd_and_accumulation_train_end_to_end(split):
+    cfg = TrainConfig(pretrain_epochs=1, warm_steps=5, steps=4, batch_size=32, accumulation=2, kd_weight=1.0)
+    result = train.train(TINY_TARGET, TINY_NET, cfg, split, progress=False)
+    assert set(result.accuracy) == set(train.evaluation_widths(TINY_TARGET))
+    assert all(torch.isfinite(p).all() for p in result.morph.hypernet.parameters())
