@@ -56,7 +56,18 @@ def _digits_cnn(w: Weights) -> tuple[list[onnx.NodeProto], int]:
     return nodes, int(w["fc.weight"].shape[0])
 
 
-GRAPH_WRITERS: dict[str, GraphWriter] = {"digits_cnn": _digits_cnn}
+def _mlp(w: Weights) -> tuple[list[onnx.NodeProto], int]:
+    """flatten, fc1, relu, fc2."""
+    nodes = [
+        helper.make_node("Flatten", [INPUT], ["flat"], axis=1),
+        helper.make_node("Gemm", ["flat", "fc1.weight", "fc1.bias"], ["h"], transB=1, name="fc1"),
+        helper.make_node("Relu", ["h"], ["rh"]),
+        helper.make_node("Gemm", ["rh", "fc2.weight", "fc2.bias"], [OUTPUT], transB=1, name="fc2"),
+    ]
+    return nodes, int(w["fc2.weight"].shape[0])
+
+
+GRAPH_WRITERS: dict[str, GraphWriter] = {"digits_cnn": _digits_cnn, "mlp": _mlp}
 
 
 def to_onnx(

@@ -47,6 +47,18 @@ class DigitsCNN(nn.Module):
         return self.fc(x.mean(dim=(2, 3)))  # (B, classes)
 
 
+class DigitsMLP(nn.Module):
+    """64 pixels -> h -> classes: both layers follow h, so the whole network is generated."""
+
+    def __init__(self, width: int, classes: int = 10, inputs: int = 64) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(inputs, width)
+        self.fc2 = nn.Linear(width, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, 1, 8, 8)
+        return self.fc2(torch.relu(self.fc1(x.flatten(1))))
+
+
 @dataclass(frozen=True)
 class TargetFamily:
     """One architecture, many widths: a builder plus the names and shapes it generates."""
@@ -93,6 +105,24 @@ def _digits_groups(cfg: TargetConfig) -> dict[str, dict[str, int]]:
     }
 
 
+def mlp(width: int, cfg: TargetConfig | None = None) -> DigitsMLP:
+    cfg = cfg or TargetConfig(family="mlp")
+    return DigitsMLP(width, cfg.num_classes)
+
+
+def _mlp_shapes(cfg: TargetConfig, width: int) -> dict[str, Shape]:
+    return {
+        "fc1.weight": (width, 64),
+        "fc1.bias": (width,),
+        "fc2.weight": (cfg.num_classes, width),
+        "fc2.bias": (cfg.num_classes,),
+    }
+
+
+def _mlp_hidden_group(cfg: TargetConfig) -> dict[str, int]:
+    return {"fc1.weight": 0, "fc1.bias": 0, "fc2.weight": 1}
+
+
 FAMILIES: dict[str, TargetFamily] = {
     "digits_cnn": TargetFamily(
         name="digits_cnn",
@@ -100,6 +130,13 @@ FAMILIES: dict[str, TargetFamily] = {
         generated_shapes=_digits_shapes,
         hidden_group=_digits_hidden_group,
         channel_groups=_digits_groups,
+    ),
+    "mlp": TargetFamily(
+        name="mlp",
+        build=lambda cfg, width: mlp(width, cfg),
+        generated_shapes=_mlp_shapes,
+        hidden_group=_mlp_hidden_group,
+        channel_groups=lambda cfg: {"hidden": _mlp_hidden_group(cfg)},
     ),
 }
 

@@ -17,6 +17,7 @@ from neumeta_core import checkpoint, export
 from neumeta_core.config import HyperNetConfig, TargetConfig, TrainConfig
 from neumeta_core.data import digits
 from neumeta_core.sampling import ratio_for, width_for
+from neumeta_core.targets import FAMILIES
 
 RATIOS = (0.0, 0.25, 0.5, 0.75)
 GRID = (0.0, 0.125, 0.25, 0.375, 0.5, 0.625, 0.75)
@@ -39,7 +40,7 @@ def _train(args: argparse.Namespace) -> int:
         accumulation=args.accumulation,
         kd_weight=args.kd_weight,
     )
-    result = train(TargetConfig(), HyperNetConfig(hidden=args.hidden), cfg, digits())
+    result = train(TargetConfig(family=args.target), HyperNetConfig(hidden=args.hidden), cfg, digits())
     digest = checkpoint.save(args.out, result, cfg)
     print(f"teacher accuracy {result.teacher_accuracy:.2f}%  ({result.metadata['train_seconds']} s)")
     for width, acc in result.accuracy.items():
@@ -174,6 +175,7 @@ def parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="pretrain the digits CNN and train its hypernetwork")
     defaults = TrainConfig()
+    t.add_argument("--target", choices=sorted(FAMILIES), default=TargetConfig().family, help="target family")
     t.add_argument("--out", type=Path, default=Path("neumeta-checkpoint.pt"))
     t.add_argument("--seed", type=int, default=defaults.seed)
     t.add_argument("--pretrain-epochs", type=int, default=defaults.pretrain_epochs)

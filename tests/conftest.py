@@ -14,3 +14,17 @@ def split() -> Split:
 def bundled() -> checkpoint.Checkpoint:
     torch.set_num_threads(2)
     return checkpoint.load(checkpoint.BUNDLED)
+
+
+@pytest.fixture(scope="session")
+def mlp_checkpoint(split, tmp_path_factory):
+    """A small, quickly trained MLP checkpoint: every one of its layers is generated."""
+    from neumeta_core import train
+    from neumeta_core.config import HyperNetConfig, TargetConfig, TrainConfig
+
+    target = TargetConfig(family="mlp", max_width=16, train_min_width=8, min_width=4)
+    cfg = TrainConfig(pretrain_epochs=20, warm_steps=150, steps=150, batch_size=64)
+    result = train.train(target, HyperNetConfig(hidden=64, layers=3, frequencies=4), cfg, split, progress=False)
+    path = tmp_path_factory.mktemp("mlp") / "mlp.pt"
+    checkpoint.save(path, result, cfg)
+    return path

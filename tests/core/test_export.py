@@ -5,14 +5,15 @@ import torch
 
 from neumeta_core import export
 from neumeta_core.config import TargetConfig
-from neumeta_core.targets import digits_cnn
+from neumeta_core.targets import digits_cnn, family
 
 
 @pytest.mark.parametrize("width", [1, 7, 32, 40])
-def test_onnx_matches_torch(width):
+@pytest.mark.parametrize("name", ["digits_cnn", "mlp"])
+def test_onnx_matches_torch(width, name):
     torch.manual_seed(width)
-    model = digits_cnn(width=width).eval()
-    body = export.to_onnx("digits_cnn", model.state_dict(), {"neumeta.width": str(width)})
+    model = family(name).build(TargetConfig(family=name), width).eval()
+    body = export.to_onnx(name, model.state_dict(), {"neumeta.width": str(width)})
     onnx.checker.check_model(onnx.load_from_string(body))
     probe = torch.rand(16, 1, 8, 8)
     assert export.verify(body, model, probe) <= 1e-4

@@ -239,3 +239,19 @@ def test_openapi_documents_every_route(client):
     params = {p["name"] for p in spec["paths"]["/models"]["post"]["parameters"]}
     assert {"ratio", "width", "max_params", "model", "format", "dtype"} <= params
     assert client.get("/docs").status_code == 200
+
+
+def test_two_checkpoints_are_served_side_by_side(mlp_checkpoint):
+    from neumeta_core.checkpoint import BUNDLED
+
+    settings = Settings(device="cpu", checkpoints=f"{BUNDLED},{mlp_checkpoint}")
+    with TestClient(create_app(settings), base_url="http://127.0.0.1") as c:
+        names = [m["name"] for m in c.get("/models").json()]
+        assert names == ["digits_cnn", "mlp"]
+        default = c.post("/models?ratio=0.5")
+        other = c.post("/models?ratio=0.5&model=mlp")
+        assert default.headers["x-neumeta-model"] == "digits_cnn" and default.headers["x-neumeta-width"] == "16"
+        assert other.headers["x-neumeta-model"] == "mlp" and other.headers["x-neumeta-width"] == "8"
+        assert 'filename="mlp-w8.onnx"' in other.headers["content-disposition"]
+        session = export.session(other.content)
+        assert session.run(["logits"], {"input": np.zeros((2, 1, 8, 8), np.float32)})[0].shape == (2, 10)
