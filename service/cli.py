@@ -132,22 +132,21 @@ def _serve(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from service.config import Settings
-    from service.main import create_app
+    from service.main import create_app, load_models, resolve_device
 
     try:
         settings = Settings()
     except ValidationError as exc:
         print(f"neumeta serve: invalid settings:\n{exc}", file=sys.stderr)
         return 2
-    for path in settings.checkpoints:  # fail before uvicorn starts, in one clear line
-        try:
-            checkpoint.load(path)
-        except (OSError, ValueError) as exc:
-            print(f"neumeta serve: cannot load checkpoint {path} (NEUMETA_CHECKPOINTS): {exc}", file=sys.stderr)
-            return 2
+    try:  # load before uvicorn starts, so a bad file fails in one clear line
+        models = load_models(settings, resolve_device(settings.device))
+    except (OSError, ValueError, RuntimeError) as exc:
+        print(f"neumeta serve: {exc} (NEUMETA_CHECKPOINTS)", file=sys.stderr)
+        return 2
     logging.basicConfig(level=settings.log_level.upper(), format="%(message)s")
     uvicorn.run(
-        create_app(settings),
+        create_app(settings, models),
         host=args.host,
         port=args.port,
         log_level=settings.log_level,

@@ -34,29 +34,34 @@ def load_models(settings: Settings, device: torch.device) -> dict[str, checkpoin
     for path in settings.checkpoints:
         if path.stem in models:
             raise ValueError(f"two checkpoints are named {path.stem!r}: rename one file")
-        ckpt = checkpoint.load(path, device)
+        try:
+            ckpt = checkpoint.load(path, device)
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"cannot load checkpoint {path}: {exc}") from exc
         if settings.samples is not None:
             ckpt.morph.samples = settings.samples
         models[path.stem] = ckpt
     return models
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, models: dict[str, checkpoint.Checkpoint] | None = None) -> FastAPI:
+    """The app; `models` already loaded (by `neumeta serve`, to fail before listening) are used
+    as they are, otherwise the lifespan loads the configured checkpoints."""
     settings = settings or Settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         device = resolve_device(settings.device)
-        models = load_models(settings, device)
+        loaded = models if models is not None else load_models(settings, device)
         remote = None
         if settings.redis_url:
             remote = RedisTier(
                 settings.redis_url, settings.redis_timeout, settings.redis_ttl, settings.redis_max_value_bytes
             )
-        synth = Synthesizer(models, ModelStore(settings.cache_max_bytes, remote), settings)
+        synth = Synthesizer(loaded, ModelStore(settings.cache_max_bytes, remote), settings)
         synth.warm_up()
         app.state.synth = synth
-        log.info("ready: %s on %s, redis %s", ", ".join(models), device, "on" if remote else "off")
+        log.info("ready: %s on %s, redis %s", ", ".join(loaded), device, "on" if remote else "off")
         try:
             yield
         finally:
