@@ -18,6 +18,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
+from functools import cached_property
 from typing import Generic, TypeVar
 
 import redis.asyncio as aioredis
@@ -71,6 +72,19 @@ class Artifact:
     def key(self) -> CacheKey:
         return CacheKey(self.checkpoint, self.width, self.format, self.dtype)
 
+    @cached_property
+    def headers(self) -> dict[str, str]:
+        """What every answer carrying this file says about it; formatted once, not per request."""
+        return {
+            "ETag": f'"{self.sha256}"',
+            "Location": f"/models/{self.sha256}",
+            "Content-Disposition": f'attachment; filename="{self.filename}"',
+            "X-NeuMeta-Model": self.model,
+            "X-NeuMeta-Width": str(self.width),
+            "X-NeuMeta-Params": str(self.params),
+            "X-NeuMeta-Ratio": f"{self.ratio:g}",
+        }
+
     def to_record(self) -> bytes:
         header = {k: v for k, v in asdict(self).items() if k != "body"}
         return json.dumps(header).encode() + b"\n" + self.body
@@ -104,9 +118,10 @@ class LRUCache(Generic[V]):
         self._items.move_to_end(key)
         return item[0]
 
-    def put(self, key: str, value: V, size: int) -> None:
+    def put(self, key: str, value: V, size: int) -> bool:
+        """Keep `value`; False when it is larger than the whole cache (served, not kept)."""
         if size > self.max_bytes:
-            return  # larger than the whole cache: serve it, keep nothing
+            return False
         self.pop(key)
         self._items[key] = (value, size)
         self.bytes += size
@@ -115,6 +130,7 @@ class LRUCache(Generic[V]):
             self.bytes -= old_size
             if self._on_evict:
                 self._on_evict(old, evicted)
+        return True
 
     def pop(self, key: str) -> V | None:
         item = self._items.pop(key, None)
@@ -220,8 +236,7 @@ class ModelStore:
 
     def remember(self, artifact: Artifact) -> None:
         key = str(artifact.key())
-        self.memory.put(key, artifact, len(artifact.body))
-        if self.memory.get(key) is not None:
+        if self.memory.put(key, artifact, len(artifact.body)):
             self._by_sha[artifact.sha256] = key
 
     async def get(self, key: CacheKey) -> Artifact | None:

@@ -48,16 +48,7 @@ Authorized = [Depends(require_key)]
 
 
 def model_headers(artifact: Artifact, cached: bool) -> dict[str, str]:
-    return {
-        "ETag": f'"{artifact.sha256}"',
-        "Location": f"/models/{artifact.sha256}",
-        "Content-Disposition": f'attachment; filename="{artifact.filename}"',
-        "X-NeuMeta-Model": artifact.model,
-        "X-NeuMeta-Width": str(artifact.width),
-        "X-NeuMeta-Params": str(artifact.params),
-        "X-NeuMeta-Ratio": f"{artifact.ratio:g}",
-        "X-NeuMeta-Cache": "hit" if cached else "miss",
-    }
+    return {**artifact.headers, "X-NeuMeta-Cache": "hit" if cached else "miss"}
 
 
 def etag_matches(if_none_match: str | None, sha256: str) -> bool:
@@ -136,10 +127,10 @@ async def get_model(
     if artifact is None:
         raise ModelNotFound(f"model {sha256} is not in the cache (evicted or never made): POST /models to make it")
     headers = {
-        "ETag": f'"{sha256}"',
+        "ETag": artifact.headers["ETag"],
         "Cache-Control": IMMUTABLE,
         "Accept-Ranges": "bytes",
-        "Content-Disposition": f'attachment; filename="{artifact.filename}"',
+        "Content-Disposition": artifact.headers["Content-Disposition"],
     }
     if etag_matches(if_none_match, sha256):
         return Response(status_code=304, headers=headers)
