@@ -12,7 +12,6 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -35,8 +34,7 @@ def measure(ckpt: checkpoint.Checkpoint, samples: list[int]) -> list[dict[str, f
             state = ckpt.morph.state_dict(width)
             seconds = time.perf_counter() - started
             body = export.to_onnx(t.family, state)
-            logits = export.session(body).run([export.OUTPUT], {export.INPUT: x})[0]
-            acc = 100.0 * float(np.mean(logits.argmax(axis=1) == y))
+            acc = export.accuracy(body, x, y)
             ratio = ratio_for(width, t.max_width)
             rows.append({"samples": k, "width": width, "ratio": ratio, "accuracy": acc, "seconds": seconds})
     return rows

@@ -134,6 +134,12 @@ def session(onnx_bytes: bytes) -> ort.InferenceSession:
     return ort.InferenceSession(onnx_bytes, opts, providers=["CPUExecutionProvider"])
 
 
+def accuracy(onnx_bytes: bytes, x: np.ndarray, y: np.ndarray) -> float:
+    """Percentage of `x` that the ONNX model classifies as `y`, run with onnxruntime."""
+    logits = session(onnx_bytes).run([OUTPUT], {INPUT: x})[0]
+    return 100.0 * float(np.mean(logits.argmax(axis=1) == y))
+
+
 @torch.no_grad()
 def verify(onnx_bytes: bytes, model: nn.Module, probe: torch.Tensor) -> float:
     """Max abs difference between onnxruntime and the torch model on `probe`."""

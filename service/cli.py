@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import httpx
-import numpy as np
 import torch
 
 from neumeta_core import checkpoint, export
@@ -116,8 +115,7 @@ def _eval(args: argparse.Namespace) -> int:
             width = width_for(ratio, ckpt.target.max_width)
             body = export.to_onnx(ckpt.target.family, ckpt.morph.state_dict(width))
             params = ckpt.morph.param_count(width)
-        logits = export.session(body).run([export.OUTPUT], {export.INPUT: x})[0]
-        acc = 100.0 * float(np.mean(logits.argmax(axis=1) == y))
+        acc = export.accuracy(body, x, y)
         rows.append({"ratio": ratio, "width": width, "params": params, "accuracy": round(acc, 2)})
     print("| ratio | width h | parameters | held-out accuracy (%) |\n|---|---|---|---|")
     for r in rows:
