@@ -15,14 +15,16 @@ from neumeta_core.train import accuracy, pretrain
 
 
 def l1_pruned(ckpt: Checkpoint, width: int) -> dict[str, torch.Tensor]:
-    """The pretrained network with the block's hidden channels of largest L1 norm kept."""
+    """The pretrained network with, in each morphable layer, the hidden channels of largest L1 norm
+    (of the weights that produce them) kept."""
     if ckpt.teacher is None:
         raise ValueError("this checkpoint holds no pretrained weights for the generated tensors; retrain it")
-    axes = ckpt.morph.family.hidden_group(ckpt.target)
-    first = next(iter(axes))
-    norms = ckpt.teacher[first].abs().flatten(1).sum(dim=1)  # one L1 norm per hidden channel
-    keep = norms.topk(width).indices.sort().values
-    pruned = {n: t.index_select(axes[n], keep) if n in axes else t for n, t in ckpt.teacher.items()}
+    pruned = dict(ckpt.teacher)
+    for group in ckpt.morph.family.hidden_groups(ckpt.target).values():
+        first = next(iter(group))
+        norms = ckpt.teacher[first].abs().flatten(1).sum(dim=1)  # one L1 norm per hidden channel
+        keep = norms.topk(width).indices.sort().values
+        pruned.update({n: ckpt.teacher[n].index_select(axis, keep) for n, axis in group.items()})
     return {**ckpt.morph.fixed, **pruned}
 
 
@@ -39,7 +41,7 @@ def compare(
             "width": width,
             "ratio": ratio_for(width, t.max_width),
             "params": morph.param_count(width),
-            "seen_in_training": t.train_min_width <= width <= t.max_width,
+            "seen_in_training": width in t.trained_widths(),
         }
         for k in samples:
             morph.samples = k

@@ -24,8 +24,15 @@ class TargetConfig(_Serialisable):
     max_width: int = 32  # h_max: the pretrained width, gamma = 1 - h / h_max
     stem_channels: int = 32  # the fixed residual stream the generated block plugs into
     num_classes: int = 10
-    train_min_width: int = 8  # widths drawn in training: train_min_width..max_width
+    train_min_width: int = 8  # widths drawn in training: max_width down to train_min_width ...
+    train_stride: int = 2  # ... in steps of train_stride, so the widths between are never seen
     min_width: int = 4  # smallest width the service hands out
+    generated_blocks: int = 1  # resnet20: how many of stage 3's blocks are generated, from the last
+    skip_init: bool = False  # resnet20: a learnable gate on each generated residual branch (follow-up)
+
+    def trained_widths(self) -> list[int]:
+        """The widths training draws from, h_max always among them."""
+        return list(range(self.max_width, self.train_min_width - 1, -self.train_stride))
 
 
 @dataclass(frozen=True)
@@ -45,6 +52,8 @@ class TrainConfig(_Serialisable):
     batch_size: int = 64
     pretrain_epochs: int = 120
     pretrain_lr: float = 2e-3
+    pretrain_optimizer: Literal["adam", "sgd"] = "adam"  # sgd: momentum 0.9, nesterov
+    pretrain_weight_decay: float = 0.0
     warm_steps: int = 4000  # fit the hypernetwork to the teacher resampled to each width
     warm_lr: float = 2e-3
     steps: int = 5000  # task training at random widths
@@ -60,3 +69,37 @@ class TrainConfig(_Serialisable):
     ema_decay: float = 0.995
     permute: Literal["all", "hidden", "none"] = "hidden"  # channel groups smoothed; see docs/training.md
     samples: int = 5  # K: weight sets averaged at inference (one clean, K - 1 noisy)
+    incremental: bool = True  # several generated blocks: add them one at a time, from the last (follow-up)
+    fc_lr: float = 0.0  # > 0: the classifier is trained too, shared by all widths (follow-up: 7e-5)
+    gate_lr: float = 1e-4  # SkipInit gates (targets with skip_init), shared by all widths
+    gate_init: float = 0.0  # a newly generated block starts as the identity (SkipInit)
+
+
+# Per-family defaults; `neumeta train` flags override single fields.
+TARGET_PRESETS: dict[str, TargetConfig] = {
+    "digits_cnn": TargetConfig(),
+    "mlp": TargetConfig(family="mlp"),
+    # the paper's setting: layer3.2 generated, h in 32..64 trained, h = 16 (gamma 0.75) never seen
+    "resnet20": TargetConfig(
+        family="resnet20", max_width=64, stem_channels=64, train_min_width=32, train_stride=1, min_width=8
+    ),
+}
+TRAIN_PRESETS: dict[str, TrainConfig] = {
+    # CIFAR-10: the usual ResNet20 schedule for the teacher and the individual nets (SGD 0.1, 200
+    # epochs, batch 128, wd 5e-4); the hypernetwork gets 60,000 steps per generated block.
+    "resnet20": TrainConfig(
+        batch_size=128,
+        pretrain_epochs=200,
+        pretrain_lr=0.1,
+        pretrain_optimizer="sgd",
+        pretrain_weight_decay=5e-4,
+        warm_steps=4000,
+        steps=60_000,
+    ),
+}
+
+
+def presets(family: str) -> tuple[TargetConfig, TrainConfig]:
+    if family not in TARGET_PRESETS:
+        raise ValueError(f"unknown target family {family!r}; known: {sorted(TARGET_PRESETS)}")
+    return TARGET_PRESETS[family], TRAIN_PRESETS.get(family, TrainConfig())

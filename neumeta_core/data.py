@@ -19,6 +19,15 @@ class Split:
     y_train: torch.Tensor  # (N,) int64
     x_test: torch.Tensor
     y_test: torch.Tensor
+    pad: int = 1  # training augmentation: random translation by up to `pad` pixels ...
+    flip: bool = False  # ... and a random horizontal flip
+
+    def augment(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        x = shift(x, generator, self.pad)
+        if self.flip:
+            mirror = torch.rand(len(x), generator=generator) < 0.5
+            x = torch.where(mirror[:, None, None, None], x.flip(3), x)
+        return x
 
 
 def digits() -> Split:
@@ -42,11 +51,20 @@ def shift(x: torch.Tensor, generator: torch.Generator, pixels: int = 1) -> torch
     rows = off[:, :1] + torch.arange(hgt)  # (B, H)
     cols = off[:, 1:] + torch.arange(wid)  # (B, W)
     batch = torch.arange(b)[:, None, None]
-    return padded[batch, 0, rows[:, :, None], cols[:, None, :]].unsqueeze(1)
+    return padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
 
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2023, 0.1994, 0.2010)
+
+
+def for_family(dataset: str, data_dir: str | Path | None) -> Split:
+    """The data set a target family is trained and evaluated on."""
+    if dataset == "digits":
+        return digits()
+    if data_dir is None:
+        raise ValueError(f"the {dataset} data set is read from a directory: pass --data-dir")
+    return cifar10(data_dir)
 
 
 def cifar10(directory: str | Path) -> Split:
@@ -64,7 +82,7 @@ def cifar10(directory: str | Path) -> Split:
         raise FileNotFoundError(f"{root} must hold data_batch_1..5 and test_batch (CIFAR-10 python version)")
     x_train, y_train = _cifar_batches(train_files)
     x_test, y_test = _cifar_batches([test_file])
-    return Split(x_train, y_train, x_test, y_test)
+    return Split(x_train, y_train, x_test, y_test, pad=4, flip=True)
 
 
 def _cifar_batches(files: list[Path]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,8 +1,9 @@
 """Model files: ONNX written directly with onnx.helper (milliseconds, no tracing per request)
 and safetensors.
 
-Every family registers a graph writer; the graph's input is `input` (batch, 1, 8, 8) float32
-with a dynamic batch axis, its output `logits` (batch, classes). With dtype float16 the weights
+Every family registers a graph writer; the graph's input is `input` (batch, *input_shape) float32
+with a dynamic batch axis ((1, 8, 8) for digits, (3, 32, 32) for CIFAR), its output `logits`
+(batch, classes). With dtype float16 the weights
 are stored in half precision and cast to float32 inside the graph: half the bytes, same interface.
 """
 
@@ -18,6 +19,8 @@ from onnx import TensorProto, helper, numpy_helper
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 from torch import nn
+
+from neumeta_core.targets import family as family_of
 
 INPUT = "input"
 OUTPUT = "logits"
@@ -67,7 +70,48 @@ def _mlp(w: Weights) -> tuple[list[onnx.NodeProto], int]:
     return nodes, int(w["fc2.weight"].shape[0])
 
 
-GRAPH_WRITERS: dict[str, GraphWriter] = {"digits_cnn": _digits_cnn, "mlp": _mlp}
+def _conv_unit(x: str, prefix: str, out: str, w: Weights, stride: int = 1) -> onnx.NodeProto:
+    """A folded ConvBN of ResNet20: its padding follows the kernel size."""
+    pad = int(w[f"{prefix}.conv.weight"].shape[-1]) // 2
+    inputs = [x, f"{prefix}.conv.weight", f"{prefix}.conv.bias"]
+    return helper.make_node("Conv", inputs, [out], pads=[pad] * 4, strides=[stride, stride], name=prefix)
+
+
+def _resnet20(w: Weights) -> tuple[list[onnx.NodeProto], int]:
+    """stem conv-relu, nine basic blocks (shortcut conv where the shape changes, optional gate), GAP, fc."""
+    nodes = [_conv_unit(INPUT, "conv1", "stem", w), helper.make_node("Relu", ["stem"], ["x0"])]
+    x = "x0"
+    for s in range(3):
+        for b in range(3):
+            p = f"layer{s + 1}.{b}"
+            stride = 2 if b == 0 and s > 0 else 1
+            nodes += [
+                _conv_unit(x, f"{p}.conv1", f"{p}.c1", w, stride),
+                helper.make_node("Relu", [f"{p}.c1"], [f"{p}.r1"]),
+                _conv_unit(f"{p}.r1", f"{p}.conv2", f"{p}.branch", w),
+            ]
+            branch = f"{p}.branch"
+            if f"{p}.gate" in w:
+                nodes.append(helper.make_node("Mul", [branch, f"{p}.gate"], [f"{p}.gated"]))
+                branch = f"{p}.gated"
+            skip = x
+            if f"{p}.shortcut.conv.weight" in w:
+                nodes.append(_conv_unit(x, f"{p}.shortcut", f"{p}.skip", w, stride))
+                skip = f"{p}.skip"
+            nodes += [
+                helper.make_node("Add", [skip, branch], [f"{p}.sum"]),
+                helper.make_node("Relu", [f"{p}.sum"], [f"{p}.out"]),
+            ]
+            x = f"{p}.out"
+    nodes += [
+        helper.make_node("GlobalAveragePool", [x], ["gap"]),
+        helper.make_node("Flatten", ["gap"], ["flat"], axis=1),
+        helper.make_node("Gemm", ["flat", "fc.weight", "fc.bias"], [OUTPUT], transB=1, name="fc"),
+    ]
+    return nodes, int(w["fc.weight"].shape[0])
+
+
+GRAPH_WRITERS: dict[str, GraphWriter] = {"digits_cnn": _digits_cnn, "mlp": _mlp, "resnet20": _resnet20}
 
 
 def to_onnx(
@@ -85,7 +129,7 @@ def to_onnx(
     graph = helper.make_graph(
         nodes,
         family,
-        [helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, ["batch", 1, 8, 8])],
+        [helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, ["batch", *family_of(family).input_shape])],
         [helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, ["batch", classes])],
         initializer=initializers,
     )

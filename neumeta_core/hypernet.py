@@ -44,8 +44,10 @@ class HyperNetwork(nn.Module):
         samples: int = 1,
         noise: float = 0.0,
         generator: torch.Generator | None = None,
+        tensors: Sequence[int] | None = None,
     ) -> list[torch.Tensor]:
-        """Generated tensors in `shapes` order, each the mean of `samples` weight sets.
+        """Generated tensors in `shapes` order (or those numbered in `tensors`), each the mean of
+        `samples` weight sets.
 
         Sample 0 uses the clean coordinates; samples 1.. add uniform noise of width `noise`
         to all six raw coordinates (training passes samples=1 with noise > 0 instead).
@@ -53,7 +55,10 @@ class HyperNetwork(nn.Module):
         """
         device = next(self.parameters()).device
         out = []
-        for t, (shape, mlp) in enumerate(zip(shapes, self.mlps, strict=True)):
+        if len(shapes) != len(self.mlps):
+            raise ValueError(f"{len(shapes)} shapes for a hypernetwork of {len(self.mlps)} tensors")
+        for t in range(len(shapes)) if tensors is None else tensors:
+            shape, mlp = shapes[t], self.mlps[t]
             raw = raw_coordinates(shapes, t)  # (Q, 6)
             reps = raw.expand(samples, *raw.shape)  # (K, Q, 6)
             if noise > 0:

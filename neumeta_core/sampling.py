@@ -22,6 +22,16 @@ def ratio_for(width: int, max_width: int) -> float:
     return 1.0 - width / max_width
 
 
+def unseen_widths(target: TargetConfig) -> list[int]:
+    """Widths training never drew, for evaluation: two between trained ones (where the stride
+    leaves gaps), the middle of the range below, and the smallest served width."""
+    trained = set(target.trained_widths())
+    gaps = [h for h in range(target.train_min_width, target.max_width) if h not in trained]
+    between = {min(gaps, key=lambda h: abs(h - f * target.max_width)) for f in (0.85, 0.4)} if gaps else set()
+    below = {target.min_width, (target.min_width + target.train_min_width) // 2} - trained
+    return sorted(between | below, reverse=True)
+
+
 class MorphicNet:
     """A trained hypernetwork together with the fixed weights of its target family."""
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from neumeta_core import resnet
 from neumeta_core.config import TargetConfig
 
 Shape = tuple[int, ...]
@@ -59,15 +60,30 @@ class DigitsMLP(nn.Module):
         return self.fc2(torch.relu(self.fc1(x.flatten(1))))
 
 
+Group = dict[str, int]  # tensor name -> the axis that indexes a channel group
+
+
+def _no_fold(model: nn.Module) -> dict[str, torch.Tensor]:
+    return dict(model.state_dict())
+
+
 @dataclass(frozen=True)
 class TargetFamily:
     """One architecture, many widths: a builder plus the names and shapes it generates."""
 
     name: str
-    build: Callable[[TargetConfig, int], nn.Module]
+    build: Callable[[TargetConfig, int], nn.Module]  # the served network (no BatchNorm)
     generated_shapes: Callable[[TargetConfig, int], dict[str, Shape]]
-    hidden_group: Callable[[TargetConfig], dict[str, int]]  # generated tensor -> its width axis
-    channel_groups: Callable[[TargetConfig], dict[str, dict[str, int]]]  # every permutable group
+    hidden_groups: Callable[[TargetConfig], dict[str, Group]]  # one group per morphable hidden layer
+    channel_groups: Callable[[TargetConfig], dict[str, Group]]  # every permutable group
+    input_shape: Shape = (1, 8, 8)
+    dataset: str = "digits"  # digits | cifar10
+    build_pretrain: Callable[[TargetConfig, int], nn.Module] | None = None  # with BatchNorm, if any
+    fold: Callable[[nn.Module], dict[str, torch.Tensor]] = _no_fold  # pretrained -> served state
+
+    def hidden_axes(self, cfg: TargetConfig) -> Group:
+        """Every generated tensor that follows the width, with its width axis."""
+        return {name: axis for group in self.hidden_groups(cfg).values() for name, axis in group.items()}
 
 
 def digits_cnn(width: int, cfg: TargetConfig | None = None) -> DigitsCNN:
@@ -85,8 +101,8 @@ def _digits_shapes(cfg: TargetConfig, width: int) -> dict[str, Shape]:
     }
 
 
-def _digits_hidden_group(cfg: TargetConfig) -> dict[str, int]:
-    return {"block.conv_a.weight": 0, "block.conv_a.bias": 0, "block.conv_b.weight": 1}
+def _digits_hidden_groups(cfg: TargetConfig) -> dict[str, Group]:
+    return {"block.hidden": {"block.conv_a.weight": 0, "block.conv_a.bias": 0, "block.conv_b.weight": 1}}
 
 
 def _digits_groups(cfg: TargetConfig) -> dict[str, dict[str, int]]:
@@ -101,7 +117,7 @@ def _digits_groups(cfg: TargetConfig) -> dict[str, dict[str, int]]:
             "block.conv_b.bias": 0,
             "fc.weight": 1,
         },
-        "block.hidden": _digits_hidden_group(cfg),
+        **_digits_hidden_groups(cfg),
     }
 
 
@@ -119,8 +135,8 @@ def _mlp_shapes(cfg: TargetConfig, width: int) -> dict[str, Shape]:
     }
 
 
-def _mlp_hidden_group(cfg: TargetConfig) -> dict[str, int]:
-    return {"fc1.weight": 0, "fc1.bias": 0, "fc2.weight": 1}
+def _mlp_hidden_groups(cfg: TargetConfig) -> dict[str, Group]:
+    return {"hidden": {"fc1.weight": 0, "fc1.bias": 0, "fc2.weight": 1}}
 
 
 FAMILIES: dict[str, TargetFamily] = {
@@ -128,15 +144,26 @@ FAMILIES: dict[str, TargetFamily] = {
         name="digits_cnn",
         build=lambda cfg, width: digits_cnn(width, cfg),
         generated_shapes=_digits_shapes,
-        hidden_group=_digits_hidden_group,
+        hidden_groups=_digits_hidden_groups,
         channel_groups=_digits_groups,
     ),
     "mlp": TargetFamily(
         name="mlp",
         build=lambda cfg, width: mlp(width, cfg),
         generated_shapes=_mlp_shapes,
-        hidden_group=_mlp_hidden_group,
-        channel_groups=lambda cfg: {"hidden": _mlp_hidden_group(cfg)},
+        hidden_groups=_mlp_hidden_groups,
+        channel_groups=_mlp_hidden_groups,
+    ),
+    "resnet20": TargetFamily(
+        name="resnet20",
+        build=lambda cfg, width: resnet.ResNet20(cfg, width),
+        generated_shapes=resnet.shapes,
+        hidden_groups=resnet.hidden_groups,
+        channel_groups=resnet.channel_groups,
+        input_shape=(3, 32, 32),
+        dataset="cifar10",
+        build_pretrain=lambda cfg, width: resnet.ResNet20(cfg, width, bn=True),
+        fold=resnet.fold,
     ),
 }
 

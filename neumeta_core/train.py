@@ -15,7 +15,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -24,9 +24,9 @@ from torch.func import functional_call
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
-from neumeta_core import permute
+from neumeta_core import permute, resnet
 from neumeta_core.config import HyperNetConfig, TargetConfig, TrainConfig
-from neumeta_core.data import Split, shift
+from neumeta_core.data import Split
 from neumeta_core.hypernet import HyperNetwork
 from neumeta_core.sampling import MorphicNet
 from neumeta_core.targets import family
@@ -36,48 +36,63 @@ from neumeta_core.targets import family
 class TrainResult:
     morph: MorphicNet
     orders: dict[str, list[int]]  # channel group -> permutation applied to the teacher
-    teacher: dict[str, torch.Tensor]  # the permuted teacher's generated tensors at h_max
+    teacher: dict[str, torch.Tensor]  # the permuted teacher's generated (and later trained) tensors at h_max
     teacher_accuracy: float
     accuracy: dict[int, float]  # width -> held-out accuracy (%)
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
 def batches(split: Split, batch_size: int, gen: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Endless shuffled, shifted training batches."""
+    """Endless shuffled, augmented training batches."""
+    batch_size = min(batch_size, len(split.y_train))
     while True:
         perm = torch.randperm(len(split.y_train), generator=gen)
         for start in range(0, len(perm) - batch_size + 1, batch_size):
             idx = perm[start : start + batch_size]
-            yield shift(split.x_train[idx], gen), split.y_train[idx]
+            yield split.augment(split.x_train[idx], gen), split.y_train[idx]
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk: int = 1000) -> float:
     model.eval()
-    pred = model(x).argmax(dim=1)
-    return 100.0 * float((pred == y).float().mean())
+    device = next(model.parameters()).device
+    correct = sum(
+        int((model(x[i : i + chunk].to(device)).argmax(dim=1).cpu() == y[i : i + chunk]).sum())
+        for i in range(0, len(y), chunk)
+    )
+    return 100.0 * correct / len(y)
 
 
 def pretrain(
     target: TargetConfig, cfg: TrainConfig, split: Split, progress: bool = True, width: int | None = None
 ) -> nn.Module:
-    """Train the target at `width` (default h_max) with Adam and a cosine schedule; the same
-    recipe trains the individually trained baselines."""
-    model = family(target.family).build(target, width or target.max_width)
+    """Train the target at `width` (default h_max) with a cosine schedule, then fold any BatchNorm;
+    the same recipe trains the individually trained baselines."""
+    fam = family(target.family)
+    width = width or target.max_width
+    model = (fam.build_pretrain or fam.build)(target, width)
     gen = torch.Generator().manual_seed(cfg.seed)
-    steps = cfg.pretrain_epochs * (len(split.y_train) // cfg.batch_size)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.pretrain_lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    steps = cfg.pretrain_epochs * max(len(split.y_train) // cfg.batch_size, 1)
+    opt: torch.optim.Optimizer
+    if cfg.pretrain_optimizer == "sgd":
+        opt = torch.optim.SGD(
+            model.parameters(), cfg.pretrain_lr, momentum=0.9, nesterov=True, weight_decay=cfg.pretrain_weight_decay
+        )
+    else:
+        opt = torch.optim.Adam(model.parameters(), lr=cfg.pretrain_lr, weight_decay=cfg.pretrain_weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(steps, 1))
     data = batches(split, cfg.batch_size, gen)
     model.train()
-    for _ in tqdm(range(steps), desc="pretrain", disable=not progress, mininterval=1.0):
+    for _ in tqdm(range(steps), desc=f"pretrain h={width}", disable=not progress, mininterval=1.0):
         x, y = next(data)
         loss = nn.functional.cross_entropy(model(x), y)
         opt.zero_grad()
         loss.backward()
         opt.step()
         sched.step()
-    return model.eval()
+    served = fam.build(target, width)
+    served.load_state_dict(fam.fold(model.eval()))
+    return served.eval()
 
 
 def resample(
@@ -115,27 +130,81 @@ def _weighted_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 class HypernetTrainer:
-    def __init__(self, target: TargetConfig, hyper: HyperNetConfig, cfg: TrainConfig, teacher: nn.Module) -> None:
+    """Fits one hypernetwork to a smoothed teacher, stage by stage.
+
+    With several generated blocks and `incremental`, blocks are added one at a time from the
+    last (the follow-up's block-wise training): a new block's MLPs start as copies of the block
+    added before it, its SkipInit gate at `gate_init`, and blocks not yet added run the teacher's
+    weights at full width. The coordinates always number the final set of tensors, so adding a
+    block does not move those already trained.
+    """
+
+    def __init__(
+        self, target: TargetConfig, hyper: HyperNetConfig, cfg: TrainConfig, teacher: dict[str, torch.Tensor]
+    ) -> None:
         self.target, self.cfg = target, cfg
         self.family = family(target.family)
-        self.axes = self.family.hidden_group(target)
-        state = {k: v.detach() for k, v in teacher.state_dict().items()}
-        names = list(self.family.generated_shapes(target, target.max_width))
-        self.teacher = {n: state[n] for n in names}
-        self.fixed = {k: v for k, v in state.items() if k not in self.teacher}
-        self.hypernet = HyperNetwork(hyper, len(names), target.max_width)
-        self.models = {h: self.family.build(target, h) for h in self.widths}
+        self.axes = self.family.hidden_axes(target)
+        self.shapes = self.family.generated_shapes(target, target.max_width)
+        self.names = list(self.shapes)
+        self.teacher = {n: teacher[n] for n in self.names}
+        rest = {k: v for k, v in teacher.items() if k not in self.teacher}
+        self.shared = nn.ParameterDict(
+            {k.replace(".", "/"): nn.Parameter(v.clone()) for k, v in rest.items() if self._trained(k)}
+        )
+        self.fixed = {k: v for k, v in rest.items() if not self._trained(k)}
+        self.teacher_model = self.family.build(target, target.max_width).eval()
+        self.teacher_model.load_state_dict(teacher)
+        self.hypernet = HyperNetwork(hyper, len(self.names), target.max_width)
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.rng = random.Random(cfg.seed)
+        self.stage = self.target
+        self.active: list[int] = []
+        self.models: dict[int, nn.Module] = {}
+        self.enter(self.stages()[0])
+
+    def _trained(self, name: str) -> bool:
+        return (name.endswith(".gate") and self.cfg.gate_lr > 0) or (name.startswith("fc.") and self.cfg.fc_lr > 0)
 
     @property
-    def widths(self) -> range:
-        return range(self.target.train_min_width, self.target.max_width + 1)
+    def widths(self) -> list[int]:
+        return self.target.trained_widths()
 
-    def _generate(self, width: int) -> dict[str, torch.Tensor]:
-        shapes = self.family.generated_shapes(self.target, width)
-        tensors = self.hypernet(list(shapes.values()), 1, self.cfg.coord_noise, self.gen)
-        return dict(zip(shapes, tensors, strict=True))
+    def stages(self) -> list[int]:
+        """How many blocks are generated in each stage."""
+        blocks = self.target.generated_blocks if self.family.name == "resnet20" else 1
+        return list(range(1, blocks + 1)) if self.cfg.incremental else [blocks]
+
+    def enter(self, blocks: int) -> None:
+        """Generate the last `blocks` blocks from now on; initialise the newly added ones."""
+        added: list[str] = []
+        if self.family.name == "resnet20":
+            before = set(resnet.generated_blocks(self.stage)) if self.active else set()
+            self.stage = replace(self.target, generated_blocks=blocks)
+            added = [b for b in resnet.generated_blocks(self.stage) if b not in before]
+        active = [self.names.index(n) for n in self.family.generated_shapes(self.stage, self.target.max_width)]
+        per_block = len(self.names) // self.target.generated_blocks if added else 0
+        for t in active if self.active else []:
+            if t not in self.active:  # copy the MLP of the same tensor in the block added before
+                self.hypernet.mlps[t].load_state_dict(self.hypernet.mlps[t + per_block].state_dict())
+        for block in added:
+            key = f"{block}/gate".replace(".", "/")
+            if key in self.shared:
+                self.shared[key].data.fill_(self.cfg.gate_init)
+        self.active = active
+        self.models = {h: self.family.build(self.stage, h) for h in self.widths}
+
+    def _generate(self, width: int, noise: bool = True) -> dict[str, torch.Tensor]:
+        shapes = list(self.family.generated_shapes(self.target, width).values())
+        tensors = self.hypernet(shapes, 1, self.cfg.coord_noise if noise else 0.0, self.gen, tensors=self.active)
+        return {self.names[t]: w for t, w in zip(self.active, tensors, strict=True)}
+
+    def _state(self, weights: dict[str, torch.Tensor], width: int) -> dict[str, torch.Tensor]:
+        """Every tensor the stage's model at `width` needs: generated, teacher, shared, fixed."""
+        shared = {k.replace("/", "."): v for k, v in self.shared.items()}
+        state = {**self.fixed, **self.teacher, **shared, **weights}
+        keys = self.models[width].state_dict().keys()
+        return {k: state[k] for k in keys}
 
     def warm_start(self, progress: bool) -> float:
         opt = torch.optim.AdamW(self.hypernet.parameters(), lr=self.cfg.warm_lr, weight_decay=0.0)
@@ -164,7 +233,7 @@ class HypernetTrainer:
         """CE + Frobenius penalty, + reconstruction at h_max, + optional distillation from the teacher."""
         cfg = self.cfg
         weights = self._generate(width)
-        logits = functional_call(self.models[width], {**self.fixed, **weights}, (x,))
+        logits = functional_call(self.models[width], self._state(weights, width), (x,))
         loss = nn.functional.cross_entropy(logits, y)
         loss = loss + cfg.norm_weight * sum((w.norm() for w in weights.values()), torch.zeros(()))
         if width == self.target.max_width:
@@ -172,15 +241,19 @@ class HypernetTrainer:
             loss = loss + cfg.recon_weight * recon / len(weights)
         if cfg.kd_weight > 0:
             with torch.no_grad():
-                full = self.models[self.target.max_width]
-                target_logits = functional_call(full, {**self.fixed, **self.teacher}, (x,))
+                target_logits = self.teacher_model(x)
             loss = loss + cfg.kd_weight * distillation(logits, target_logits, cfg.kd_temperature)
         return loss
 
     def task(self, split: Split, progress: bool) -> AveragedModel:
         cfg = self.cfg
         ema = AveragedModel(self.hypernet, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay))
-        opt = torch.optim.AdamW(self.hypernet.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        groups: list[dict[str, Any]] = [
+            {"params": list(self.hypernet.parameters()), "lr": cfg.lr, "weight_decay": cfg.weight_decay}
+        ]
+        for key, param in self.shared.items():
+            groups.append({"params": [param], "lr": cfg.gate_lr if key.endswith("/gate") else cfg.fc_lr})
+        opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(cfg.steps, 1))
         data = batches(split, cfg.batch_size, self.gen)
         bar = tqdm(range(cfg.steps), desc="hypernet", disable=not progress, mininterval=1.0)
@@ -198,6 +271,11 @@ class HypernetTrainer:
             bar.set_postfix(loss=f"{loss.item():.3f}", h=width, refresh=False)
         return ema
 
+    def final_fixed(self) -> dict[str, torch.Tensor]:
+        """The non-generated tensors every synthesised network gets, trained ones included."""
+        shared = {k.replace("/", "."): v.detach().clone() for k, v in self.shared.items()}
+        return {**self.fixed, **shared}
+
 
 def train(
     target: TargetConfig, hyper: HyperNetConfig, cfg: TrainConfig, split: Split, progress: bool = True
@@ -207,25 +285,36 @@ def train(
     teacher = pretrain(target, cfg, split, progress)
     teacher_acc = accuracy(teacher, split.x_test, split.y_test)
     fam = family(target.family)
-    groups = fam.channel_groups(target)
-    if cfg.permute == "hidden":
-        groups = {"block.hidden": fam.hidden_group(target)}
-    smoothing = permute.smooth(teacher.state_dict(), groups if cfg.permute != "none" else {})
-    teacher.load_state_dict(smoothing.state)
-    trainer = HypernetTrainer(target, hyper, cfg, teacher)
-    warm_loss = trainer.warm_start(progress)
-    ema = trainer.task(split, progress)
-    hypernet: HyperNetwork = ema.module  # type: ignore[assignment]
-    morph = MorphicNet(target, hypernet, trainer.fixed, cfg.samples, cfg.coord_noise, cfg.seed)
+    groups = {"all": fam.channel_groups(target), "hidden": fam.hidden_groups(target), "none": {}}[cfg.permute]
+    smoothing = permute.smooth(teacher.state_dict(), groups)
+    trainer = HypernetTrainer(target, hyper, cfg, smoothing.state)
+    warm_losses, stage_accuracy = [], []
+    hypernet = trainer.hypernet
+    for blocks in trainer.stages():
+        trainer.enter(blocks)
+        warm_losses.append(trainer.warm_start(progress))
+        ema = trainer.task(split, progress)
+        trainer.hypernet.load_state_dict(ema.module.state_dict())  # the next stage continues from the EMA
+        hypernet = trainer.hypernet
+        if len(trainer.stages()) > 1:
+            stage_model = trainer.models[target.max_width]
+            with torch.no_grad():
+                full = trainer._generate(target.max_width, noise=False)
+            stage_model.load_state_dict(trainer._state(full, target.max_width))
+            stage_accuracy.append(accuracy(stage_model, split.x_test, split.y_test))
+    morph = MorphicNet(target, hypernet, trainer.final_fixed(), cfg.samples, cfg.coord_noise, cfg.seed)
     table = {h: accuracy(morph.synthesize(h), split.x_test, split.y_test) for h in evaluation_widths(target)}
     meta = {
         "teacher_accuracy": teacher_acc,
         "total_variation": {g: {"before": b, "after": a} for g, (b, a) in smoothing.total_variation.items()},
-        "warm_start_rel_mse": warm_loss,
+        "warm_start_rel_mse": warm_losses[-1],
+        "stage_accuracy_full_width": stage_accuracy,
         "train_seconds": round(time.time() - started, 1),
         "torch": str(torch.__version__),
     }
-    return TrainResult(morph, smoothing.orders, trainer.teacher, teacher_acc, table, meta)
+    shared_before = {k: v for k, v in smoothing.state.items() if k in morph.fixed and trainer._trained(k)}
+    teacher_tensors = {**trainer.teacher, **shared_before}  # what L1 pruning starts from
+    return TrainResult(morph, smoothing.orders, teacher_tensors, teacher_acc, table, meta)
 
 
 def evaluation_widths(target: TargetConfig) -> list[int]:

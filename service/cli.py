@@ -7,39 +7,40 @@ import json
 import logging
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
 import torch
 
-from neumeta_core import checkpoint, export
-from neumeta_core.config import HyperNetConfig, TargetConfig, TrainConfig
-from neumeta_core.data import digits
-from neumeta_core.sampling import ratio_for, width_for
-from neumeta_core.targets import FAMILIES
+from neumeta_core import checkpoint, data, export
+from neumeta_core.config import HyperNetConfig, TargetConfig, presets
+from neumeta_core.sampling import ratio_for, unseen_widths, width_for
+from neumeta_core.targets import FAMILIES, family
 
 RATIOS = (0.0, 0.25, 0.5, 0.75)
 GRID = (0.0, 0.125, 0.25, 0.375, 0.5, 0.625, 0.75)
+
+
+TARGET_FLAGS = ("train_stride", "generated_blocks", "skip_init")
+TRAIN_FLAGS = (
+    "seed", "batch_size", "pretrain_epochs", "warm_steps", "steps", "warm_lr", "lr", "samples", "permute",
+    "accumulation", "kd_weight", "fc_lr", "gate_init",
+)  # fmt: skip
 
 
 def _train(args: argparse.Namespace) -> int:
     from neumeta_core.train import train  # heavy imports only where needed
 
     torch.set_num_threads(args.threads)
-    cfg = TrainConfig(
-        seed=args.seed,
-        pretrain_epochs=args.pretrain_epochs,
-        warm_steps=args.warm_steps,
-        steps=args.steps,
-        warm_lr=args.warm_lr,
-        lr=args.lr,
-        coord_noise=args.noise,
-        samples=args.samples,
-        permute=args.permute,
-        accumulation=args.accumulation,
-        kd_weight=args.kd_weight,
-    )
-    result = train(TargetConfig(family=args.target), HyperNetConfig(hidden=args.hidden), cfg, digits())
+    target, cfg = presets(args.target)
+    target = replace(target, **{k: getattr(args, k) for k in TARGET_FLAGS if getattr(args, k) is not None})
+    overrides = {k: getattr(args, k) for k in TRAIN_FLAGS if getattr(args, k) is not None}
+    if args.noise is not None:
+        overrides["coord_noise"] = args.noise
+    cfg = replace(cfg, **overrides)
+    split = data.for_family(family(args.target).dataset, args.data_dir)
+    result = train(target, HyperNetConfig(hidden=args.hidden), cfg, split)
     digest = checkpoint.save(args.out, result, cfg)
     print(f"teacher accuracy {result.teacher_accuracy:.2f}%  ({result.metadata['train_seconds']} s)")
     for width, acc in result.accuracy.items():
@@ -90,9 +91,16 @@ def _compare(args: argparse.Namespace) -> int:
     ckpt = checkpoint.load(args.checkpoint)
     t = ckpt.target
     ratios = args.ratios or GRID
-    widths = sorted({width_for(r, t.max_width) for r in ratios} | set(args.widths), reverse=True)
-    rows = baselines.compare(ckpt, digits(), widths, args.samples, individual=not args.no_individual)
-    title = f"digits, checkpoint {ckpt.digest[:12]}, trained on widths {t.train_min_width}..{t.max_width}"
+    extra = unseen_widths(t) if args.widths is None else args.widths
+    widths = sorted({width_for(r, t.max_width) for r in ratios} | set(extra), reverse=True)
+    split = data.for_family(ckpt.morph.family.dataset, args.data_dir)
+    samples = sorted({1, ckpt.morph.samples} | set(args.samples or []))
+    rows = baselines.compare(ckpt, split, widths, samples, individual=not args.no_individual)
+    trained = t.trained_widths()
+    title = (
+        f"{t.family} on {ckpt.morph.family.dataset}, checkpoint {ckpt.digest[:12]}, "
+        f"trained on widths {trained[-1]}..{trained[0]} step {t.train_stride}"
+    )
     paths = report.write(rows, args.out, "comparison", {"checkpoint": ckpt.digest, "title": title})
     print(report.markdown(rows))
     print("wrote " + ", ".join(str(p) for p in paths))
@@ -103,9 +111,9 @@ def _eval(args: argparse.Namespace) -> int:
     """Held-out accuracy of the served ONNX models, run with onnxruntime."""
     if args.baselines:
         return _compare(args)
-    split = digits()
-    x, y = split.x_test.numpy(), split.y_test.numpy()
     ckpt = None if args.url else checkpoint.load(args.checkpoint)
+    split = data.for_family(ckpt.morph.family.dataset if ckpt else "digits", args.data_dir)
+    x, y = split.x_test.numpy(), split.y_test.numpy()
     rows = []
     for ratio in args.ratios or RATIOS:
         if ckpt is None:
@@ -170,22 +178,32 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="neumeta", description="NeuMeta Serve: one network, any size")
     sub = p.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser("train", help="pretrain the digits CNN and train its hypernetwork")
-    defaults = TrainConfig()
+    t = sub.add_parser(
+        "train",
+        help="pretrain a target and train its hypernetwork",
+        description="Defaults come from the family's preset (neumeta_core/config.py); each flag overrides one field.",
+    )
     t.add_argument("--target", choices=sorted(FAMILIES), default=TargetConfig().family, help="target family")
+    t.add_argument("--data-dir", type=Path, help="CIFAR-10 python batches (resnet20)")
     t.add_argument("--out", type=Path, default=Path("neumeta-checkpoint.pt"))
-    t.add_argument("--seed", type=int, default=defaults.seed)
-    t.add_argument("--pretrain-epochs", type=int, default=defaults.pretrain_epochs)
-    t.add_argument("--warm-steps", type=int, default=defaults.warm_steps)
-    t.add_argument("--steps", type=int, default=defaults.steps)
-    t.add_argument("--warm-lr", type=float, default=defaults.warm_lr)
-    t.add_argument("--lr", type=float, default=defaults.lr, help="task-training learning rate")
+    t.add_argument("--seed", type=int)
+    t.add_argument("--batch-size", type=int)
+    t.add_argument("--pretrain-epochs", type=int)
+    t.add_argument("--warm-steps", type=int, help="per generated block")
+    t.add_argument("--steps", type=int, help="task-training steps per generated block")
+    t.add_argument("--warm-lr", type=float)
+    t.add_argument("--lr", type=float, help="task-training learning rate")
     t.add_argument("--hidden", type=int, default=HyperNetConfig().hidden, help="hypernetwork MLP width")
-    t.add_argument("--noise", type=float, default=defaults.coord_noise, help="coordinate noise width (1.0 = +-0.5)")
-    t.add_argument("--samples", type=int, default=defaults.samples, help="K weight sets averaged at inference")
-    t.add_argument("--permute", choices=["all", "hidden", "none"], default=defaults.permute, help="groups smoothed")
-    t.add_argument("--accumulation", type=int, default=defaults.accumulation, help="batches per step (h_max first)")
-    t.add_argument("--kd-weight", type=float, default=defaults.kd_weight, help="distillation from the teacher")
+    t.add_argument("--noise", type=float, help="coordinate noise width (1.0 = +-0.5; 0 = none)")
+    t.add_argument("--samples", type=int, help="K weight sets averaged at inference")
+    t.add_argument("--permute", choices=["all", "hidden", "none"], help="channel groups smoothed")
+    t.add_argument("--accumulation", type=int, help="batches per step (h_max first)")
+    t.add_argument("--kd-weight", type=float, help="distillation from the teacher (0 = none)")
+    t.add_argument("--train-stride", type=int, help="train on every n-th width only")
+    t.add_argument("--generated-blocks", type=int, help="resnet20: blocks of stage 3 generated (1 or 3)")
+    t.add_argument("--skip-init", action="store_true", default=None, help="resnet20: SkipInit gates")
+    t.add_argument("--fc-lr", type=float, help="train the classifier too, at this learning rate")
+    t.add_argument("--gate-init", type=float, help="SkipInit gate of a newly added block")
     t.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest for this small model)")
     t.set_defaults(run=_train)
 
@@ -200,11 +218,12 @@ def parser() -> argparse.ArgumentParser:
     sample.add_argument("-o", "--out", type=Path, required=True)
     ev = sub.choices["eval"]
     ev.add_argument("--url", help="evaluate models downloaded from a running service instead")
+    ev.add_argument("--data-dir", type=Path, help="CIFAR-10 python batches (resnet20 checkpoints)")
     ev.add_argument("--ratios", type=float, nargs="+", help=f"default {RATIOS}; with --baselines {GRID}")
     ev.add_argument("--json", type=Path, help="also write the table as JSON")
     ev.add_argument("--baselines", action="store_true", help="compare with individually trained and L1-pruned nets")
-    ev.add_argument("--widths", type=int, nargs="*", default=[6, 4], help="with --baselines: extra widths")
-    ev.add_argument("--samples", type=int, nargs="+", default=[1, 5], help="with --baselines: K values")
+    ev.add_argument("--widths", type=int, nargs="*", help="with --baselines: extra widths (default: unseen ones)")
+    ev.add_argument("--samples", type=int, nargs="+", help="with --baselines: K values besides 1 and the default")
     ev.add_argument("--no-individual", action="store_true", help="with --baselines: skip the individual nets")
     ev.add_argument("--out", type=Path, default=Path("docs/results"), help="with --baselines: output directory")
 

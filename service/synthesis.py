@@ -37,7 +37,10 @@ class Synthesizer:
         self.settings = settings
         self._worker = ThreadPoolExecutor(max_workers=settings.max_concurrent, thread_name_prefix="synthesis")
         self._inflight: dict[CacheKey, asyncio.Future[Artifact]] = {}
-        self._probe = torch.rand(8, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+        self._probes = {  # one fixed input batch per model, in its family's input shape
+            name: torch.rand(8, *c.morph.family.input_shape, generator=torch.Generator().manual_seed(0))
+            for name, c in models.items()
+        }
 
     # -- validation at the boundary ------------------------------------------------------
     def checkpoint(self, name: str | None) -> Checkpoint:
@@ -177,7 +180,7 @@ class Synthesizer:
             return export.verify_safetensors(body, state, key.dtype)
         model = ckpt.morph.family.build(ckpt.target, key.width).to(ckpt.morph.device)
         model.load_state_dict(export.rounded(state, key.dtype))
-        return export.verify(body, model.eval(), self._probe)
+        return export.verify(body, model.eval(), self._probes[self._name(ckpt)])
 
     def _name(self, ckpt: Checkpoint) -> str:
         return next(name for name, c in self.models.items() if c is ckpt)

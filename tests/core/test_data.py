@@ -1,21 +1,10 @@
 import pickle
 
-import numpy as np
 import pytest
 import torch
 
 from neumeta_core.data import CIFAR_MEAN, CIFAR_STD, cifar10, digits, shift
-
-
-def write_cifar(directory, n_train=20, n_test=10, seed=0):
-    """A tiny data set in the published CIFAR-10 python format."""
-    rng = np.random.default_rng(seed)
-    batches = {"data_batch_1": n_train, "data_batch_2": n_train, "test_batch": n_test}
-    for name, n in batches.items():
-        batch = {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), b"labels": list(rng.integers(0, 10, n))}
-        with open(directory / name, "wb") as f:
-            pickle.dump(batch, f)
-    return batches
+from tests.cifar import write_cifar
 
 
 def test_cifar10_reads_the_python_batches(tmp_path):

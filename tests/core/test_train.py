@@ -40,7 +40,8 @@ def test_warm_start_fits_the_resampled_teacher():
             pred = trainer.hypernet(list(shapes.values()))
         return sum(float(train._relative_mse(p, goal[n])) for p, n in zip(pred, shapes, strict=True))
 
-    trainer = train.HypernetTrainer(TINY_TARGET, TINY_NET, TrainConfig(warm_steps=300, coord_noise=0.0), teacher)
+    cfg = TrainConfig(warm_steps=300, coord_noise=0.0)
+    trainer = train.HypernetTrainer(TINY_TARGET, TINY_NET, cfg, teacher.state_dict())
     before = error(trainer)
     trainer.warm_start(progress=False)
     assert error(trainer) < 0.5 * before
@@ -59,12 +60,12 @@ def test_load_rejects_foreign_files(tmp_path):
 
 def test_accumulation_windows_start_at_full_width():
     teacher = train.family(TINY_TARGET.family).build(TINY_TARGET, TINY_TARGET.max_width)
-    trainer = train.HypernetTrainer(TINY_TARGET, TINY_NET, TrainConfig(accumulation=4), teacher)
+    trainer = train.HypernetTrainer(TINY_TARGET, TINY_NET, TrainConfig(accumulation=4), teacher.state_dict())
     widths = [trainer._width(micro) for _ in range(50) for micro in range(4)]
     assert widths[::4] == [TINY_TARGET.max_width] * 50
     others = [w for i, w in enumerate(widths) if i % 4]
     assert set(others) <= set(trainer.widths) and len(set(others)) > 1
-    single = train.HypernetTrainer(TINY_TARGET, TINY_NET, TrainConfig(accumulation=1), teacher)
+    single = train.HypernetTrainer(TINY_TARGET, TINY_NET, TrainConfig(accumulation=1), teacher.state_dict())
     assert len({single._width(0) for _ in range(100)}) == len(single.widths)  # uniform: every width drawn
 
 
