@@ -22,10 +22,17 @@ class Split:
     pad: int = 1  # training augmentation: random translation by up to `pad` pixels ...
     flip: bool = False  # ... and a random horizontal flip
 
+    def to(self, device: str | torch.device) -> Split:
+        x_train, y_train, x_test, y_test = (
+            t.to(device) for t in (self.x_train, self.y_train, self.x_test, self.y_test)
+        )
+        return Split(x_train, y_train, x_test, y_test, pad=self.pad, flip=self.flip)
+
     def augment(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Random shifts (and flips); the random numbers come from a CPU generator on any device."""
         x = shift(x, generator, self.pad)
         if self.flip:
-            mirror = torch.rand(len(x), generator=generator) < 0.5
+            mirror = (torch.rand(len(x), generator=generator) < 0.5).to(x.device)
             x = torch.where(mirror[:, None, None, None], x.flip(3), x)
         return x
 
@@ -45,13 +52,14 @@ def digits() -> Split:
 
 def shift(x: torch.Tensor, generator: torch.Generator, pixels: int = 1) -> torch.Tensor:
     """Random translation by up to `pixels` in each direction, zero fill, one offset per image."""
-    b, _, hgt, wid = x.shape
+    b, c, hgt, wid = x.shape
     padded = torch.nn.functional.pad(x, (pixels,) * 4)
-    off = torch.randint(0, 2 * pixels + 1, (b, 2), generator=generator)
-    rows = off[:, :1] + torch.arange(hgt)  # (B, H)
-    cols = off[:, 1:] + torch.arange(wid)  # (B, W)
-    batch = torch.arange(b)[:, None, None]
-    return padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+    off = torch.randint(0, 2 * pixels + 1, (b, 2), generator=generator).to(x.device)
+    rows = off[:, :1] + torch.arange(hgt, device=x.device)  # (B, H)
+    cols = off[:, 1:] + torch.arange(wid, device=x.device)  # (B, W)
+    batch = torch.arange(b, device=x.device)[:, None, None, None]
+    chan = torch.arange(c, device=x.device)[None, :, None, None]
+    return padded[batch, chan, rows[:, None, :, None], cols[:, None, None, :]]  # (B, C, H, W)
 
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)

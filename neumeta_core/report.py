@@ -23,11 +23,37 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def total_variation(tv: dict[str, dict[str, float]]) -> str:
+    """Per channel group: total variation along the channels before and after the permutation."""
+    lines = ["| channel group | TV before | TV after | reduction |", "|---|---|---|---|"]
+    for group, v in tv.items():
+        lines.append(
+            f"| {group} | {v['before']:.2f} | {v['after']:.2f} | {100 * (1 - v['after'] / v['before']):.1f} % |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def storage(s: dict[str, Any]) -> str:
+    """The checkpoint's size against the individually trained models it replaces (float32)."""
+    mb = 1e6
+    lo, hi = s["served_widths"]
+    return (
+        f"Storage: the checkpoint is {s['checkpoint_bytes'] / mb:.2f} MB; the individually trained models of the "
+        f"table's widths take {s['individual_models_in_table_bytes'] / mb:.2f} MB, one per served width "
+        f"({lo}..{hi}) {s['individual_models_every_served_width_bytes'] / mb:.2f} MB.\n"
+    )
+
+
 def write(rows: list[dict[str, Any]], directory: Path, name: str, meta: dict[str, Any]) -> list[Path]:
     directory.mkdir(parents=True, exist_ok=True)
     paths = [directory / f"{name}.json", directory / f"{name}.md"]
     paths[0].write_text(json.dumps({**meta, "rows": rows}, indent=1) + "\n")
-    paths[1].write_text(markdown(rows))
+    text = markdown(rows)
+    if meta.get("total_variation"):
+        text += "\n" + total_variation(meta["total_variation"])
+    if meta.get("storage"):
+        text += "\n" + storage(meta["storage"])
+    paths[1].write_text(text)
     try:
         import matplotlib
     except ImportError:  # the plot needs the `bench` extra

@@ -48,7 +48,7 @@ def batches(split: Split, batch_size: int, gen: torch.Generator) -> Iterator[tup
     while True:
         perm = torch.randperm(len(split.y_train), generator=gen)
         for start in range(0, len(perm) - batch_size + 1, batch_size):
-            idx = perm[start : start + batch_size]
+            idx = perm[start : start + batch_size].to(split.y_train.device)
             yield split.augment(split.x_train[idx], gen), split.y_train[idx]
 
 
@@ -67,10 +67,11 @@ def pretrain(
     target: TargetConfig, cfg: TrainConfig, split: Split, progress: bool = True, width: int | None = None
 ) -> nn.Module:
     """Train the target at `width` (default h_max) with a cosine schedule, then fold any BatchNorm;
-    the same recipe trains the individually trained baselines."""
+    the same recipe trains the individually trained baselines. Runs where `split` lies."""
     fam = family(target.family)
     width = width or target.max_width
-    model = (fam.build_pretrain or fam.build)(target, width)
+    device = split.y_train.device
+    model = (fam.build_pretrain or fam.build)(target, width).to(device)
     gen = torch.Generator().manual_seed(cfg.seed)
     steps = cfg.pretrain_epochs * max(len(split.y_train) // cfg.batch_size, 1)
     opt: torch.optim.Optimizer
@@ -90,7 +91,7 @@ def pretrain(
         loss.backward()
         opt.step()
         sched.step()
-    served = fam.build(target, width)
+    served = fam.build(target, width).to(device)
     served.load_state_dict(fam.fold(model.eval()))
     return served.eval()
 
@@ -107,7 +108,7 @@ def resample(
         if axis is None:
             out[name] = tensor
         else:
-            out[name] = tensor.index_select(axis, idx) * (max_width / width if axis == 1 else 1.0)
+            out[name] = tensor.index_select(axis, idx.to(tensor.device)) * (max_width / width if axis == 1 else 1.0)
     return out
 
 
@@ -140,9 +141,15 @@ class HypernetTrainer:
     """
 
     def __init__(
-        self, target: TargetConfig, hyper: HyperNetConfig, cfg: TrainConfig, teacher: dict[str, torch.Tensor]
+        self,
+        target: TargetConfig,
+        hyper: HyperNetConfig,
+        cfg: TrainConfig,
+        teacher: dict[str, torch.Tensor],
+        device: str | torch.device = "cpu",
     ) -> None:
-        self.target, self.cfg = target, cfg
+        self.target, self.cfg, self.device = target, cfg, torch.device(device)
+        teacher = {k: v.to(self.device) for k, v in teacher.items()}
         self.family = family(target.family)
         self.axes = self.family.hidden_axes(target)
         self.shapes = self.family.generated_shapes(target, target.max_width)
@@ -153,9 +160,9 @@ class HypernetTrainer:
             {k.replace(".", "/"): nn.Parameter(v.clone()) for k, v in rest.items() if self._trained(k)}
         )
         self.fixed = {k: v for k, v in rest.items() if not self._trained(k)}
-        self.teacher_model = self.family.build(target, target.max_width).eval()
+        self.teacher_model = self.family.build(target, target.max_width).to(self.device).eval()
         self.teacher_model.load_state_dict(teacher)
-        self.hypernet = HyperNetwork(hyper, len(self.names), target.max_width)
+        self.hypernet = HyperNetwork(hyper, len(self.names), target.max_width).to(self.device)
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.rng = random.Random(cfg.seed)
         self.stage = self.target
@@ -192,7 +199,7 @@ class HypernetTrainer:
             if key in self.shared:
                 self.shared[key].data.fill_(self.cfg.gate_init)
         self.active = active
-        self.models = {h: self.family.build(self.stage, h) for h in self.widths}
+        self.models = {h: self.family.build(self.stage, h).to(self.device) for h in self.widths}
 
     def _generate(self, width: int, noise: bool = True) -> dict[str, torch.Tensor]:
         shapes = list(self.family.generated_shapes(self.target, width).values())
@@ -278,16 +285,23 @@ class HypernetTrainer:
 
 
 def train(
-    target: TargetConfig, hyper: HyperNetConfig, cfg: TrainConfig, split: Split, progress: bool = True
+    target: TargetConfig,
+    hyper: HyperNetConfig,
+    cfg: TrainConfig,
+    split: Split,
+    progress: bool = True,
+    device: str | torch.device = "cpu",
 ) -> TrainResult:
+    """The whole recipe on `device` (a CUDA GPU where there is one); the result's tensors stay there."""
     torch.manual_seed(cfg.seed)
     started = time.time()
+    split = split.to(device)
     teacher = pretrain(target, cfg, split, progress)
     teacher_acc = accuracy(teacher, split.x_test, split.y_test)
     fam = family(target.family)
     groups = {"all": fam.channel_groups(target), "hidden": fam.hidden_groups(target), "none": {}}[cfg.permute]
     smoothing = permute.smooth(teacher.state_dict(), groups)
-    trainer = HypernetTrainer(target, hyper, cfg, smoothing.state)
+    trainer = HypernetTrainer(target, hyper, cfg, smoothing.state, device)
     warm_losses, stage_accuracy = [], []
     hypernet = trainer.hypernet
     for blocks in trainer.stages():

@@ -40,7 +40,9 @@ def _train(args: argparse.Namespace) -> int:
         overrides["coord_noise"] = args.noise
     cfg = replace(cfg, **overrides)
     split = data.for_family(family(args.target).dataset, args.data_dir)
-    result = train(target, HyperNetConfig(hidden=args.hidden), cfg, split)
+    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    print(f"training {target.family} on {device}", file=sys.stderr)
+    result = train(target, HyperNetConfig(hidden=args.hidden), cfg, split, device=device)
     digest = checkpoint.save(args.out, result, cfg)
     print(f"teacher accuracy {result.teacher_accuracy:.2f}%  ({result.metadata['train_seconds']} s)")
     for width, acc in result.accuracy.items():
@@ -101,8 +103,18 @@ def _compare(args: argparse.Namespace) -> int:
         f"{t.family} on {ckpt.morph.family.dataset}, checkpoint {ckpt.digest[:12]}, "
         f"trained on widths {trained[-1]}..{trained[0]} step {t.train_stride}"
     )
-    paths = report.write(rows, args.out, "comparison", {"checkpoint": ckpt.digest, "title": title})
-    print(report.markdown(rows))
+    tv = ckpt.metadata.get("total_variation", {})
+    served = range(t.min_width, t.max_width + 1)
+    storage = {  # float32 bytes: the one checkpoint against one trained model per width
+        "checkpoint_bytes": Path(args.checkpoint).stat().st_size,
+        "individual_models_in_table_bytes": 4 * sum(r["params"] for r in rows),
+        "individual_models_every_served_width_bytes": 4 * sum(ckpt.morph.param_count(h) for h in served),
+        "served_widths": [t.min_width, t.max_width],
+    }
+    meta = {"checkpoint": ckpt.digest, "title": title, "total_variation": tv, "storage": storage}
+    paths = report.write(rows, args.out, "comparison", meta)
+    print(report.markdown(rows) + ("\n" + report.total_variation(tv) if tv else ""))
+    print(report.storage(storage))
     print("wrote " + ", ".join(str(p) for p in paths))
     return 0
 
@@ -185,6 +197,7 @@ def parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--target", choices=sorted(FAMILIES), default=TargetConfig().family, help="target family")
     t.add_argument("--data-dir", type=Path, help="CIFAR-10 python batches (resnet20)")
+    t.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: CUDA when available")
     t.add_argument("--out", type=Path, default=Path("neumeta-checkpoint.pt"))
     t.add_argument("--seed", type=int)
     t.add_argument("--batch-size", type=int)
