@@ -69,6 +69,7 @@ def plot(rows: list[dict[str, Any]], widths: list[int], path: Path) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("variants", nargs="+", help="NAME=CHECKPOINT, the first is the reference")
+    p.add_argument("--name", default="ablation", help="output file stem in docs/results/")
     args = p.parse_args()
     torch.set_num_threads(2)
     pairs = [v.split("=", 1) for v in args.variants]
@@ -78,10 +79,11 @@ def main() -> None:
     table = markdown(rows, widths, set(first.trained_widths()))
     print(table)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "ablation.json").write_text(json.dumps({"widths": widths, "rows": rows}, indent=1) + "\n")
-    (RESULTS / "ablation.md").write_text(table)
-    plot(rows, widths, RESULTS / "ablation.png")
-    print(f"wrote {RESULTS / 'ablation.md'}, .json and .png")
+    out = RESULTS / args.name
+    out.with_suffix(".json").write_text(json.dumps({"widths": widths, "rows": rows}, indent=1) + "\n")
+    out.with_suffix(".md").write_text(table)
+    plot(rows, widths, out.with_suffix(".png"))
+    print(f"wrote {out}.md, .json and .png")
 
 
 if __name__ == "__main__":

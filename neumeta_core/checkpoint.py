@@ -61,7 +61,7 @@ def save(path: str | Path, result: TrainResult, train: TrainConfig) -> str:
         "train": train.to_dict(),
         "generated": list(morph.shapes(morph.target.max_width)),
         "widths": {
-            "trained": [morph.target.train_min_width, morph.target.max_width],
+            "trained": morph.target.trained_widths(),
             "allowed": [morph.target.min_width, morph.target.max_width],
         },
         "permutation": result.orders,

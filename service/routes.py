@@ -177,7 +177,7 @@ async def list_models(synth: Synth) -> list[ModelInfo]:
                 family=t.family,
                 digest=ckpt.digest,
                 generated=ckpt.generated_tensors(),
-                widths_trained=WidthRange(min=t.train_min_width, max=t.max_width),
+                widths_trained=WidthRange(min=t.trained_widths()[-1], max=t.max_width, step=t.train_stride),
                 widths_allowed=WidthRange(min=t.min_width, max=t.max_width),
                 max_ratio=ratio_for(t.min_width, t.max_width),
                 params={w: ckpt.morph.param_count(w) for w in widths},

@@ -39,6 +39,7 @@ class Health(BaseModel):
 class WidthRange(BaseModel):
     min: int
     max: int
+    step: int = 1  # widths trained: max, max - step, ..., down to min; those between were never seen
 
 
 class ModelInfo(BaseModel):

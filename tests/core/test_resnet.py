@@ -183,3 +183,15 @@ def test_the_service_serves_a_resnet20_checkpoint_beside_the_digits_one(cifar_di
         bad = client.post("/models", params={"model": "cifar_resnet20", "ratio": 0.9})
         assert bad.status_code == 422 and "0.875" in bad.json()["detail"]
         assert client.post("/models", params={"ratio": 0.5}).headers["x-neumeta-width"] == "16"  # default: digits
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+def test_training_on_cuda_gives_a_checkpoint_that_synthesises_the_same_on_cpu(cifar_dir, tmp_path):
+    out = tmp_path / "cuda.pt"
+    argv = ["train", "--target", "resnet20", "--data-dir", str(cifar_dir), *FAST, "--device", "cuda", "--out", str(out)]
+    assert main([*argv, "--generated-blocks", "3", "--skip-init"]) == 0
+    on_cpu, on_gpu = checkpoint.load(out), checkpoint.load(out, "cuda")
+    for width in (64, 40):
+        a, b = on_cpu.morph.state_dict(width), on_gpu.morph.state_dict(width)
+        assert max(float((a[k] - b[k].cpu()).abs().max()) for k in a) <= 1e-4

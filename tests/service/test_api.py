@@ -156,7 +156,8 @@ def test_get_unknown_sha_is_a_404_with_a_hint(client):
 def test_list_models_describes_the_checkpoint(client, bundled):
     [info] = client.get("/models").json()
     assert info["name"] == "digits_cnn" and info["digest"] == bundled.digest
-    assert info["widths_allowed"] == {"min": 4, "max": 32} and info["widths_trained"] == {"min": 8, "max": 32}
+    assert info["widths_allowed"] == {"min": 4, "max": 32, "step": 1}
+    assert info["widths_trained"] == {"min": 8, "max": 32, "step": 2}  # odd widths are never seen in training
     assert info["params"]["32"] == bundled.morph.param_count(32)
     assert info["accuracy"]["8"] == pytest.approx(bundled.accuracy[8])
     assert info["formats"] == ["onnx", "safetensors"] and info["max_ratio"] == 0.875
