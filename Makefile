@@ -35,6 +35,7 @@ bench: setup
 	$(BIN)/pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python bench/accuracy_vs_width.py
 	$(BIN)/python bench/redis_outage.py
+	$(BIN)/python bench/train_time.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -4,6 +4,7 @@ and L1-norm channel pruning of the pretrained network without fine-tuning (notes
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -28,11 +29,24 @@ def l1_pruned(ckpt: Checkpoint, width: int) -> dict[str, torch.Tensor]:
     return {**ckpt.morph.fixed, **pruned}
 
 
+def individual(ckpt: Checkpoint, split: Split, width: int, seed: int, progress: bool = True) -> float:
+    """Held-out accuracy of a network of `width` trained on its own with the teacher's recipe."""
+    torch.manual_seed(seed)  # the initial weights too
+    model = pretrain(ckpt.target, replace(ckpt.train, seed=seed), split, progress, width)
+    return accuracy(model, split.x_test, split.y_test)
+
+
 def compare(
-    ckpt: Checkpoint, split: Split, widths: list[int], samples: list[int], individual: bool, progress: bool = True
+    ckpt: Checkpoint,
+    split: Split,
+    widths: list[int],
+    samples: list[int],
+    seeds: list[int],
+    progress: bool = True,
 ) -> list[dict[str, Any]]:
     """One row per width: hypernetwork accuracy per K (and synthesis seconds), individually
-    trained and L1-pruned accuracy, parameter count, and whether training saw the width."""
+    trained (mean over `seeds`, none: skipped) and L1-pruned accuracy, parameter count, and
+    whether training saw the width."""
     t, morph = ckpt.target, ckpt.morph
     default_k = morph.samples
     rows = []
@@ -54,7 +68,9 @@ def compare(
             pruned = morph.family.build(t, width)
             pruned.load_state_dict(l1_pruned(ckpt, width))
             row["l1_pruned"] = accuracy(pruned, split.x_test, split.y_test)
-        if individual:
-            row["individual"] = accuracy(pretrain(t, ckpt.train, split, progress, width), split.x_test, split.y_test)
+        if seeds:
+            runs = [individual(ckpt, split, width, seed, progress) for seed in seeds]
+            row["individual"] = sum(runs) / len(runs)
+            row["individual_runs"] = runs
         rows.append(row)
     return rows

@@ -9,6 +9,13 @@ from typing import Any
 SERIES = {"individual": "individually trained", "l1_pruned": "L1 pruning, no fine-tuning"}
 
 
+def _cell(row: dict[str, Any], col: str) -> str:
+    runs = row.get(f"{col}_runs")
+    if runs and len(runs) > 1:  # a mean over seeds, with its range
+        return f"{row[col]:.2f} ({min(runs):.2f} to {max(runs):.2f})"
+    return f"{row[col]:.2f}"
+
+
 def markdown(rows: list[dict[str, Any]]) -> str:
     ks = sorted(int(k.removeprefix("neumeta_k")) for k in rows[0] if k.startswith("neumeta_k"))
     cols = [f"neumeta_k{k}" for k in ks] + [c for c in SERIES if c in rows[0]]
@@ -19,7 +26,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     ]
     for r in rows:
         cells = [f"{r['ratio']:.3f}", str(r["width"]), f"{r['params']:,}", "yes" if r["seen_in_training"] else "**no**"]
-        lines.append("| " + " | ".join(cells + [f"{r[c]:.2f}" for c in cols]) + " |")
+        lines.append("| " + " | ".join(cells + [_cell(r, c) for c in cols]) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -97,7 +97,8 @@ def _compare(args: argparse.Namespace) -> int:
     widths = sorted({width_for(r, t.max_width) for r in ratios} | set(extra), reverse=True)
     split = data.for_family(ckpt.morph.family.dataset, args.data_dir)
     samples = sorted({1, ckpt.morph.samples} | set(args.samples or []))
-    rows = baselines.compare(ckpt, split, widths, samples, individual=not args.no_individual)
+    seeds = [] if args.no_individual else list(range(args.individual_seeds))
+    rows = baselines.compare(ckpt, split, widths, samples, seeds)
     trained = t.trained_widths()
     title = (
         f"{t.family} on {ckpt.morph.family.dataset}, checkpoint {ckpt.digest[:12]}, "
@@ -238,6 +239,9 @@ def parser() -> argparse.ArgumentParser:
     ev.add_argument("--widths", type=int, nargs="*", help="with --baselines: extra widths (default: unseen ones)")
     ev.add_argument("--samples", type=int, nargs="+", help="with --baselines: K values besides 1 and the default")
     ev.add_argument("--no-individual", action="store_true", help="with --baselines: skip the individual nets")
+    ev.add_argument(
+        "--individual-seeds", type=int, default=3, help="with --baselines: individual nets per width (mean reported)"
+    )
     ev.add_argument("--out", type=Path, default=Path("docs/results"), help="with --baselines: output directory")
 
     sv = sub.add_parser("serve", help="run the HTTP service (settings from NEUMETA_* variables)")

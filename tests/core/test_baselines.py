@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from neumeta_core import baselines, checkpoint
@@ -21,7 +22,7 @@ def test_l1_pruning_keeps_the_largest_channels_in_order(tiny):
 def test_compare_reports_every_series_per_width(tiny, split):
     result, path, _ = tiny
     ckpt = checkpoint.load(path)
-    rows = baselines.compare(ckpt, split, [8, 3], [1, 2], individual=True, progress=False)
+    rows = baselines.compare(ckpt, split, [8, 3], [1, 2], seeds=[0, 1], progress=False)
     assert [r["width"] for r in rows] == [8, 3]
     assert rows[0]["seen_in_training"] and not rows[1]["seen_in_training"]
     assert rows[0]["params"] == ckpt.morph.param_count(8)
@@ -29,3 +30,6 @@ def test_compare_reports_every_series_per_width(tiny, split):
         assert {"neumeta_k1", "neumeta_k2", "l1_pruned", "individual"} <= set(r)
         assert all(0.0 <= r[c] <= 100.0 for c in ("neumeta_k1", "neumeta_k2", "l1_pruned", "individual"))
     assert rows[0]["l1_pruned"] == result.teacher_accuracy  # width 8 = h_max: the teacher itself
+    for r in rows:  # the mean over two individually trained nets, each reproducible from its seed
+        assert r["individual"] == pytest.approx(sum(r["individual_runs"]) / 2) and len(r["individual_runs"]) == 2
+    assert baselines.individual(ckpt, split, 3, seed=1, progress=False) == rows[1]["individual_runs"][1]
