@@ -151,6 +151,7 @@ class RedisTier:
         self.timeout, self.ttl, self.max_value_bytes = timeout, ttl, max_value_bytes
         self._down_until = 0.0
         self._backoff = 0.25
+        self._failed_at = float("-inf")
         self.last_error: str | None = None
 
     @property
@@ -158,7 +159,8 @@ class RedisTier:
         return self.last_error is not None
 
     async def _call(self, op: str, fn: Callable[[], Awaitable[T]]) -> T | None:
-        if time.monotonic() < self._down_until:
+        started = time.monotonic()
+        if started < self._down_until:
             metrics.REDIS_ERRORS.labels(op).inc()
             return None
         try:
@@ -166,7 +168,10 @@ class RedisTier:
         except (RedisError, OSError, TimeoutError) as exc:
             metrics.REDIS_ERRORS.labels(op).inc()
             self.last_error = f"{type(exc).__name__}: {exc}"
-            self._down_until = time.monotonic() + self._backoff
+            if started < self._failed_at:  # another call in flight already counted this failure
+                return None
+            self._failed_at = time.monotonic()
+            self._down_until = self._failed_at + self._backoff
             self._backoff = min(self._backoff * 2, 30.0)
             await self._drop_connections()  # pooled sockets to a restarted server are all stale
             log.warning("redis %s failed (%s); retrying in %.2fs", op, self.last_error, self._backoff / 2)

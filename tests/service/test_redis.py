@@ -135,3 +135,25 @@ def test_unreachable_redis_at_start_degrades_instead_of_failing():
     made, ready = asyncio.run(scenario())
     assert made.status_code == 200
     assert ready.status_code == 200 and ready.json()["redis"] == "degraded"
+
+
+def test_concurrent_failures_of_one_outage_back_off_once(redis_server):
+    """Sixteen calls in flight when Redis dies count as one failure, not sixteen doublings."""
+    from service.cache import RedisTier
+
+    async def scenario():
+        tier = RedisTier(redis_server.url, timeout=0.2, ttl=60, max_value_bytes=1 << 20)
+        assert await tier.ping()
+        redis_server.stop()
+        results = await asyncio.gather(*(tier.get(f"k{i}") for i in range(16)))
+        backoff = tier._backoff
+        redis_server.start()
+        await asyncio.sleep(0.3)  # past the first back-off (0.25 s): the next call tries again
+        recovered = await tier.ping()
+        await tier.client.aclose()
+        return results, backoff, recovered
+
+    results, backoff, recovered = asyncio.run(scenario())
+    assert results == [None] * 16
+    assert backoff == 0.5  # doubled once from 0.25
+    assert recovered
