@@ -67,6 +67,10 @@ def _no_fold(model: nn.Module) -> dict[str, torch.Tensor]:
     return dict(model.state_dict())
 
 
+def _one_block(cfg: TargetConfig) -> list[str]:
+    return ["block"]
+
+
 @dataclass(frozen=True)
 class TargetFamily:
     """One architecture, many widths: a builder plus the names and shapes it generates."""
@@ -80,6 +84,7 @@ class TargetFamily:
     dataset: str = "digits"  # digits | cifar10
     build_pretrain: Callable[[TargetConfig, int], nn.Module] | None = None  # with BatchNorm, if any
     fold: Callable[[nn.Module], dict[str, torch.Tensor]] = _no_fold  # pretrained -> served state
+    blocks: Callable[[TargetConfig], list[str]] = _one_block  # the generated blocks, in network order
 
     def hidden_axes(self, cfg: TargetConfig) -> Group:
         """Every generated tensor that follows the width, with its width axis."""
@@ -164,6 +169,7 @@ FAMILIES: dict[str, TargetFamily] = {
         dataset="cifar10",
         build_pretrain=lambda cfg, width: resnet.ResNet20(cfg, width, bn=True),
         fold=resnet.fold,
+        blocks=resnet.generated_blocks,
     ),
 }
 

@@ -24,7 +24,7 @@ from torch.func import functional_call
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
-from neumeta_core import permute, resnet
+from neumeta_core import permute
 from neumeta_core.config import HyperNetConfig, TargetConfig, TrainConfig
 from neumeta_core.data import Split
 from neumeta_core.hypernet import HyperNetwork
@@ -179,22 +179,20 @@ class HypernetTrainer:
 
     def stages(self) -> list[int]:
         """How many blocks are generated in each stage."""
-        blocks = self.target.generated_blocks if self.family.name == "resnet20" else 1
+        blocks = len(self.family.blocks(self.target))
         return list(range(1, blocks + 1)) if self.cfg.incremental else [blocks]
 
     def enter(self, blocks: int) -> None:
         """Generate the last `blocks` blocks from now on; initialise the newly added ones."""
-        added: list[str] = []
-        if self.family.name == "resnet20":
-            before = set(resnet.generated_blocks(self.stage)) if self.active else set()
-            self.stage = replace(self.target, generated_blocks=blocks)
-            added = [b for b in resnet.generated_blocks(self.stage) if b not in before]
+        before = set(self.family.blocks(self.stage)) if self.active else set()
+        self.stage = replace(self.target, generated_blocks=blocks)
+        added = [b for b in self.family.blocks(self.stage) if b not in before]
         active = [self.names.index(n) for n in self.family.generated_shapes(self.stage, self.target.max_width)]
-        per_block = len(self.names) // self.target.generated_blocks if added else 0
+        per_block = len(self.names) // len(self.family.blocks(self.target))
         for t in active if self.active else []:
             if t not in self.active:  # copy the MLP of the same tensor in the block added before
                 self.hypernet.mlps[t].load_state_dict(self.hypernet.mlps[t + per_block].state_dict())
-        for block in added:
+        for block in added:  # SkipInit: a new block starts as (nearly) the identity
             key = f"{block}/gate".replace(".", "/")
             if key in self.shared:
                 self.shared[key].data.fill_(self.cfg.gate_init)
