@@ -168,6 +168,7 @@ class HypernetTrainer:
         self.stage = self.target
         self.active: list[int] = []
         self.models: dict[int, nn.Module] = {}
+        self.keys: dict[int, list[str]] = {}
         self.enter(self.stages()[0])
 
     def _trained(self, name: str) -> bool:
@@ -198,6 +199,7 @@ class HypernetTrainer:
                 self.shared[key].data.fill_(self.cfg.gate_init)
         self.active = active
         self.models = {h: self.family.build(self.stage, h).to(self.device) for h in self.widths}
+        self.keys = {h: list(m.state_dict()) for h, m in self.models.items()}  # what _state hands each model
 
     def _generate(self, width: int, noise: bool = True) -> dict[str, torch.Tensor]:
         shapes = list(self.family.generated_shapes(self.target, width).values())
@@ -208,8 +210,7 @@ class HypernetTrainer:
         """Every tensor the stage's model at `width` needs: generated, teacher, shared, fixed."""
         shared = {k.replace("/", "."): v for k, v in self.shared.items()}
         state = {**self.fixed, **self.teacher, **shared, **weights}
-        keys = self.models[width].state_dict().keys()
-        return {k: state[k] for k in keys}
+        return {k: state[k] for k in self.keys[width]}
 
     def warm_start(self, progress: bool) -> float:
         opt = torch.optim.AdamW(self.hypernet.parameters(), lr=self.cfg.warm_lr, weight_decay=0.0)
@@ -301,20 +302,19 @@ def train(
     smoothing = permute.smooth(teacher.state_dict(), groups)
     trainer = HypernetTrainer(target, hyper, cfg, smoothing.state, device)
     warm_losses, stage_accuracy = [], []
-    hypernet = trainer.hypernet
-    for blocks in trainer.stages():
-        trainer.enter(blocks)
+    for i, blocks in enumerate(trainer.stages()):
+        if i > 0:  # the trainer starts in the first stage
+            trainer.enter(blocks)
         warm_losses.append(trainer.warm_start(progress))
         ema = trainer.task(split, progress)
         trainer.hypernet.load_state_dict(ema.module.state_dict())  # the next stage continues from the EMA
-        hypernet = trainer.hypernet
         if len(trainer.stages()) > 1:
             stage_model = trainer.models[target.max_width]
             with torch.no_grad():
                 full = trainer._generate(target.max_width, noise=False)
             stage_model.load_state_dict(trainer._state(full, target.max_width))
             stage_accuracy.append(accuracy(stage_model, split.x_test, split.y_test))
-    morph = MorphicNet(target, hypernet, trainer.final_fixed(), cfg.samples, cfg.coord_noise, cfg.seed)
+    morph = MorphicNet(target, trainer.hypernet, trainer.final_fixed(), cfg.samples, cfg.coord_noise, cfg.seed)
     table = {h: accuracy(morph.synthesize(h), split.x_test, split.y_test) for h in evaluation_widths(target)}
     meta = {
         "teacher_accuracy": teacher_acc,
