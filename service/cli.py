@@ -158,8 +158,13 @@ def _serve(args: argparse.Namespace) -> int:
     except ValidationError as exc:
         print(f"neumeta serve: invalid settings:\n{exc}", file=sys.stderr)
         return 2
+    try:
+        device = resolve_device(settings.device)
+    except RuntimeError as exc:
+        print(f"neumeta serve: {exc}", file=sys.stderr)
+        return 2
     try:  # load before uvicorn starts, so a bad file fails in one clear line
-        models = load_models(settings, resolve_device(settings.device))
+        models = load_models(settings, device)
     except (OSError, ValueError, RuntimeError) as exc:
         print(f"neumeta serve: {exc} (NEUMETA_CHECKPOINTS)", file=sys.stderr)
         return 2

@@ -1,8 +1,12 @@
+from collections.abc import Iterator
+from pathlib import Path
+
 import pytest
 import torch
 
 from neumeta_core import checkpoint
 from neumeta_core.data import Split, digits
+from tests.processes import RedisServer
 
 
 @pytest.fixture(scope="session")
@@ -28,3 +32,12 @@ def mlp_checkpoint(split, tmp_path_factory):
     path = tmp_path_factory.mktemp("mlp") / "mlp.pt"
     checkpoint.save(path, result, cfg)
     return path
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of our own on a free loopback port (never the machine's 6379)."""
+    server = RedisServer(tmp_path)
+    server.start()
+    yield server
+    server.stop()

@@ -7,6 +7,7 @@ import urllib.request
 
 import onnx
 import pytest
+import torch
 
 from tests.service.conftest import BIN, free_port, serving
 
@@ -47,3 +48,17 @@ def test_missing_or_corrupt_checkpoint_is_a_clear_error(tmp_path, content):
     assert r.returncode == 2
     assert f"cannot load checkpoint {path}" in r.stderr and "Traceback" not in r.stderr
     assert len(r.stderr.splitlines()) <= 3
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA: NEUMETA_DEVICE=cuda is valid here")
+def test_cuda_without_a_gpu_is_a_clear_error():
+    """What a pod of the gpu overlay prints when it lands on a node without a usable GPU."""
+    r = subprocess.run(
+        [str(BIN), "serve", "--port", str(free_port())],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "NEUMETA_DEVICE": "cuda"},
+        timeout=60,
+    )
+    assert r.returncode == 2
+    assert r.stderr.strip() == "neumeta serve: NEUMETA_DEVICE=cuda but no CUDA device is available"
