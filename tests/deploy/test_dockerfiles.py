@@ -5,15 +5,18 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
-import zipfile
+import time
+import urllib.request
 from pathlib import Path
 
+import onnx
 import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from neumeta_core.checkpoint import BUNDLED
 from tests.deploy.conftest import DOCKERFILES, ROOT, find_url, makefile_torch, url_path
+from tests.processes import free_port
 
 HADOLINT = Path(sys.executable).parent / "hadolint"
 INSTALLERS = ("pip install", "uv pip install", "apt-get install", "apk add", "gcc", "build-essential")
@@ -134,21 +137,68 @@ def build_context(dest: Path) -> Path:
     return dest
 
 
-def test_build_context_installs_with_the_bundled_checkpoint(tmp_path):
-    """What `pip install --no-deps .` builds from the image's context: the code, the checkpoint, `neumeta`."""
+@pytest.mark.timeout(900)
+def test_cpu_image_recipe_gives_a_working_service(tmp_path, dockerfiles):
+    """The CPU image's build, replayed without Docker: a fresh venv, torch at the image's pin, the dependency
+    layer from docker/requirements.py, then the build context installed with --no-deps. The service must
+    then run from that venv alone, with the final stage's environment (a missing runtime dependency, or a
+    checkpoint left out of the package, fails here). torch comes from this machine's wheel, not the image's
+    CPU index, which is out of reach here."""
+    df = dockerfiles["docker/Dockerfile"]
+    venv, home, workdir = tmp_path / "venv", tmp_path / "home", tmp_path / "workdir"
+    home.mkdir()
+    workdir.mkdir()
     context = build_context(tmp_path / "context")
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(tmp_path), str(context)],
+    python = venv / "bin" / "python"
+    pip = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    subprocess.run([*pip, f"torch=={df.args['TORCH_VERSION']}"], check=True, timeout=600)
+    reqs = subprocess.run(
+        [str(python), str(context / "docker/requirements.py"), str(context / "pyproject.toml")],
         check=True,
-        timeout=300,
-    )
-    (wheel,) = tmp_path.glob("neumeta_serve-*.whl")
-    with zipfile.ZipFile(wheel) as z:
-        names = set(z.namelist())
-        rel = BUNDLED.relative_to(ROOT).as_posix()
-        assert rel in names, f"{rel} is not in the wheel"
-        assert z.read(rel) == BUNDLED.read_bytes()
-        (entry,) = [n for n in names if n.endswith("entry_points.txt")]
-        assert "neumeta = service.cli:main" in z.read(entry).decode()
-        assert "service/main.py" in names and "neumeta_core/export.py" in names
-        assert not any(n.startswith("tests/") for n in names)
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout
+    (tmp_path / "requirements.txt").write_text(reqs)
+    subprocess.run([*pip, "-r", str(tmp_path / "requirements.txt")], check=True, timeout=600)
+    subprocess.run([*pip, "--no-deps", str(context)], check=True, timeout=300)
+
+    installed = subprocess.run(
+        [str(python), "-c", "import neumeta_core.checkpoint as c; print(c.BUNDLED)"],
+        cwd=workdir,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout.strip()
+    assert Path(installed).is_relative_to(venv) and Path(installed).read_bytes() == BUNDLED.read_bytes()
+
+    # the final stage's environment, its paths moved from /opt/venv and /tmp to the test's own
+    env = {"PATH": f"{venv}/bin:/usr/bin:/bin"}
+    for line in df.final.all("ENV"):
+        for pair in line.split():
+            key, _, value = pair.partition("=")
+            env[key] = value.replace("/opt/venv", str(venv)).replace("$PATH", env.get("PATH", ""))
+    env["HOME"] = str(home)
+    port = free_port()
+    command = [str(venv / "bin" / df.command[0]), *df.command[1:]]
+    command[command.index("--host") + 1] = "127.0.0.1"
+    command[command.index("--port") + 1] = str(port)
+    proc = subprocess.Popen(command, cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        check = [str(python) if a == "python" else a for a in df.healthcheck]
+        check = [a.replace(":8000/", f":{port}/") for a in check]
+        deadline = time.monotonic() + 120
+        while subprocess.run(check, env=env, capture_output=True, timeout=10).returncode != 0:
+            assert proc.poll() is None, proc.stderr.read().decode()
+            assert time.monotonic() < deadline, "the HEALTHCHECK never passed"
+            time.sleep(0.5)
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/models?ratio=0.5", method="POST")
+        with urllib.request.urlopen(request, timeout=120) as r:
+            assert r.status == 200 and r.headers["X-NeuMeta-Width"] == "16"
+            onnx.checker.check_model(onnx.load_from_string(r.read()))
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+    assert not any(workdir.iterdir()), "the service wrote into its working directory"
