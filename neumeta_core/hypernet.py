@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 from torch import nn
@@ -10,6 +12,8 @@ from torch import nn
 from neumeta_core.config import HyperNetConfig
 from neumeta_core.coords import encoded_dim, fourier, normalise, raw_coordinates
 from neumeta_core.targets import Shape
+
+PRECISIONS = ("float32", "tf32", "bfloat16")
 
 
 class ResidualMLP(nn.Module):
@@ -53,23 +57,115 @@ class HyperNetwork(nn.Module):
         to all six raw coordinates (training passes samples=1 with noise > 0 instead).
         The noise is drawn on the CPU from `generator`, so every device sees the same values.
         """
-        device = next(self.parameters()).device
         out = []
         if len(shapes) != len(self.mlps):
             raise ValueError(f"{len(shapes)} shapes for a hypernetwork of {len(self.mlps)} tensors")
         for t in range(len(shapes)) if tensors is None else tensors:
-            shape, mlp = shapes[t], self.mlps[t]
-            raw = raw_coordinates(shapes, t)  # (Q, 6)
-            reps = raw.expand(samples, *raw.shape)  # (K, Q, 6)
-            if noise > 0:
-                jitter = (torch.rand(reps.shape, generator=generator) - 0.5) * noise
-                if samples > 1:
-                    jitter[0] = 0.0  # the clean sample, as released
-                reps = reps + jitter
-            x = fourier(normalise(reps.reshape(-1, 6).to(device), self.norm), self.cfg.frequencies)
-            y = mlp(x).reshape(samples, raw.shape[0], -1).mean(dim=0)  # (Q, output_dim)
-            out.append(_to_tensor(y, shape))
+            x = self.encode(shapes, t, samples, noise, generator)
+            out.append(self.assemble(self.mlps[t](x), shapes[t], samples))
         return out
+
+    def encode(
+        self, shapes: Sequence[Shape], t: int, samples: int, noise: float, generator: torch.Generator | None
+    ) -> torch.Tensor:
+        """(K*Q, 6 + 12F) network inputs of tensor `t`: K copies of its coordinates, all but the first
+        jittered, normalised and Fourier-encoded, on the hypernetwork's device."""
+        raw = self.coordinates(shapes, t, samples, noise, generator)
+        return self.features(raw.to(next(self.parameters()).device))
+
+    @staticmethod
+    def coordinates(
+        shapes: Sequence[Shape], t: int, samples: int, noise: float, generator: torch.Generator | None
+    ) -> torch.Tensor:
+        """(K*Q, 6) raw coordinates of tensor `t` on the CPU, K copies, all but the first jittered."""
+        raw = raw_coordinates(shapes, t)  # (Q, 6)
+        reps = raw.expand(samples, *raw.shape)  # (K, Q, 6)
+        if noise > 0:
+            jitter = (torch.rand(reps.shape, generator=generator) - 0.5) * noise
+            if samples > 1:
+                jitter[0] = 0.0  # the clean sample, as released
+            reps = reps + jitter
+        return reps.reshape(-1, 6)
+
+    def features(self, raw: torch.Tensor) -> torch.Tensor:
+        """Raw coordinates (N, 6) -> normalised and Fourier-encoded network inputs (N, 6 + 12F)."""
+        return fourier(normalise(raw, self.norm), self.cfg.frequencies)
+
+    @torch.no_grad()
+    def synthesize(
+        self,
+        shapes: Sequence[Shape],
+        samples: int = 1,
+        noise: float = 0.0,
+        generator: torch.Generator | None = None,
+        precision: str = "float32",
+    ) -> list[torch.Tensor]:
+        """What forward() returns for every tensor, evaluated in groups: tensors with the same number
+        of queries (conv_a and conv_b's weights, their biases) run their MLPs together as batched
+        matmuls, so a synthesis launches a few large kernels instead of a few per tensor. The
+        coordinates of all tensors go to the device in one copy; nothing waits for the device until
+        the caller reads the result. `precision`: "float32", "tf32" (CUDA matmuls in TF32) or
+        "bfloat16" (the MLPs under bf16 autocast; outputs averaged in float32).
+        """
+        if len(shapes) != len(self.mlps):
+            raise ValueError(f"{len(shapes)} shapes for a hypernetwork of {len(self.mlps)} tensors")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+        device = next(self.parameters()).device
+        raw = [self.coordinates(shapes, t, samples, noise, generator) for t in range(len(shapes))]  # noise in order
+        flat = torch.cat(raw)
+        if device.type == "cuda":
+            flat = flat.pin_memory().to(device, non_blocking=True)
+        x_all = self.features(flat.to(device))
+        starts = [0]
+        for r in raw:
+            starts.append(starts[-1] + r.shape[0])
+        groups: dict[int, list[int]] = {}
+        for t, r in enumerate(raw):
+            groups.setdefault(r.shape[0], []).append(t)
+        out: list[torch.Tensor | None] = [None] * len(shapes)
+        tf32 = precision == "tf32" and device.type == "cuda"
+        previous = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = tf32 or (previous and precision != "float32")
+        try:
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bfloat16"):
+                for members in groups.values():
+                    x = torch.stack([x_all[starts[t] : starts[t + 1]] for t in members])  # (G, K*Q, P)
+                    y = self._grouped_mlp(members, x).float()
+                    for g, t in enumerate(members):
+                        out[t] = self.assemble(y[g], shapes[t], samples)
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = previous
+        return [t for t in out if t is not None]
+
+    def _grouped_mlp(self, members: list[int], x: torch.Tensor) -> torch.Tensor:
+        """The MLPs of tensors `members` on their inputs x (G, R, P) at once: (G, R, output_dim)."""
+        mlps = [cast(ResidualMLP, self.mlps[t]) for t in members]
+
+        def linear(layers: list[nn.Linear], z: torch.Tensor) -> torch.Tensor:
+            weight = torch.stack([layer.weight for layer in layers]).transpose(1, 2)  # (G, in, out)
+            bias = torch.stack([layer.bias for layer in layers])[:, None, :]  # (G, 1, out)
+            return torch.baddbmm(bias, z, weight)
+
+        z = nn.functional.elu(linear([m.inp for m in mlps], x))
+        scales = torch.stack([m.scales for m in mlps])  # (G, L-1)
+        for layer in range(len(mlps[0].hidden)):
+            update = nn.functional.elu(linear([cast(nn.Linear, m.hidden[layer]) for m in mlps], z))
+            z = z + scales[:, layer, None, None] * update
+        return linear([m.out for m in mlps], z)
+
+    @staticmethod
+    def assemble(y: torch.Tensor, shape: Shape, samples: int) -> torch.Tensor:
+        """(K*Q, output_dim) network outputs -> the tensor: the mean over the K samples, reshaped."""
+        return _to_tensor(y.reshape(samples, -1, y.shape[-1]).mean(dim=0), shape)
+
+    def flops(self, shapes: Sequence[Shape], samples: int) -> int:
+        """Multiply-adds x 2 of the MLPs' linear layers for every query of every tensor, K times: the
+        work a synthesis cannot avoid (activations, encoding and assembly are not counted)."""
+        h, p, o = self.cfg.hidden, encoded_dim(self.cfg.frequencies), self.cfg.output_dim
+        per_query = 2 * (p * h + (self.cfg.layers - 1) * h * h + h * o)
+        queries = sum(shape[0] * (shape[1] if len(shape) > 1 else 1) for shape in shapes)
+        return per_query * queries * samples
 
 
 def _to_tensor(y: torch.Tensor, shape: Shape) -> torch.Tensor:
@@ -78,7 +174,7 @@ def _to_tensor(y: torch.Tensor, shape: Shape) -> torch.Tensor:
     The result is divided by the input-channel count S1 (1 for a bias), so weights scale
     with 1/fan-in as the width changes (notes section 1, output scaling).
     """
-    kernel = int(torch.tensor(shape[2:]).prod().item()) if len(shape) > 2 else 1
+    kernel = math.prod(shape[2:]) if len(shape) > 2 else 1
     start = y.shape[1] // 2 - kernel // 2 if len(shape) > 2 else 0
     s1 = shape[1] if len(shape) > 1 else 1
     return y[:, start : start + kernel].reshape(shape) / s1

@@ -65,16 +65,18 @@ class MorphicNet:
         return self.family.generated_shapes(self.target, width)
 
     @torch.no_grad()
-    def generate(self, width: int) -> dict[str, torch.Tensor]:
-        """The generated tensors at `width`: deterministic, the noise comes from a fixed seed."""
+    def generate(self, width: int, precision: str = "float32") -> dict[str, torch.Tensor]:
+        """The generated tensors at `width`: deterministic, the noise comes from a fixed seed.
+        `precision` of the hypernetwork's arithmetic: float32, tf32 (CUDA) or bfloat16."""
         self.check_width(width)
         shapes = self.shapes(width)
         gen = torch.Generator().manual_seed(self.seed)
-        tensors = self.hypernet(list(shapes.values()), self.samples, self.noise if self.samples > 1 else 0.0, gen)
+        noise = self.noise if self.samples > 1 else 0.0
+        tensors = self.hypernet.synthesize(list(shapes.values()), self.samples, noise, gen, precision)
         return dict(zip(shapes, tensors, strict=True))
 
-    def state_dict(self, width: int) -> dict[str, torch.Tensor]:
-        return {**self.fixed, **self.generate(width)}
+    def state_dict(self, width: int, precision: str = "float32") -> dict[str, torch.Tensor]:
+        return {**self.fixed, **self.generate(width, precision)}
 
     def synthesize(self, width: int) -> nn.Module:
         """A torch model of `width` with generated weights, on the hypernetwork's device."""

@@ -33,6 +33,7 @@ V = TypeVar("V")
 T = TypeVar("T")
 PREFIX = "neumeta:v1"
 MEDIA_TYPES = {"onnx": "application/octet-stream", "safetensors": "application/octet-stream"}
+IMMUTABLE = "public, max-age=31536000, immutable"
 
 
 @dataclass(frozen=True)
@@ -41,9 +42,11 @@ class CacheKey:
     width: int
     format: str
     dtype: str
+    precision: str = "float32"  # of the hypernetwork's arithmetic (NEUMETA_PRECISION)
 
     def __str__(self) -> str:
-        return f"{PREFIX}:model:{self.checkpoint}:{self.width}:{self.format}:{self.dtype}:{export.VERSION}"
+        key = f"{PREFIX}:model:{self.checkpoint}:{self.width}:{self.format}:{self.dtype}:{export.VERSION}"
+        return key if self.precision == "float32" else f"{key}:{self.precision}"
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,7 @@ class Artifact:
     ratio: float
     format: str
     dtype: str
+    precision: str = "float32"
 
     @property
     def filename(self) -> str:
@@ -70,7 +74,7 @@ class Artifact:
         return MEDIA_TYPES[self.format]
 
     def key(self) -> CacheKey:
-        return CacheKey(self.checkpoint, self.width, self.format, self.dtype)
+        return CacheKey(self.checkpoint, self.width, self.format, self.dtype, self.precision)
 
     @cached_property
     def headers(self) -> dict[str, str]:
@@ -83,6 +87,33 @@ class Artifact:
             "X-NeuMeta-Width": str(self.width),
             "X-NeuMeta-Params": str(self.params),
             "X-NeuMeta-Ratio": f"{self.ratio:g}",
+        }
+
+    @cached_property
+    def hit_headers(self) -> list[tuple[bytes, bytes]]:
+        """The raw headers of POST /models answered from the cache (service/hotpath.py)."""
+        return _raw({**self.headers, "X-NeuMeta-Cache": "hit"}, self)
+
+    @cached_property
+    def immutable_headers(self) -> list[tuple[bytes, bytes]]:
+        """The raw headers of GET /models/{sha256}: the content address never changes."""
+        return _raw(self.address_headers, self)
+
+    @cached_property
+    def hit_wire(self) -> bytes:
+        return _wire(self.hit_headers)
+
+    @cached_property
+    def immutable_wire(self) -> bytes:
+        return _wire(self.immutable_headers)
+
+    @property
+    def address_headers(self) -> dict[str, str]:
+        return {
+            "ETag": self.headers["ETag"],
+            "Cache-Control": IMMUTABLE,
+            "Accept-Ranges": "bytes",
+            "Content-Disposition": self.headers["Content-Disposition"],
         }
 
     def to_record(self) -> bytes:
@@ -100,6 +131,19 @@ class Artifact:
         except (ValueError, TypeError):
             return None
         return artifact if hashlib.sha256(body).hexdigest() == artifact.sha256 else None
+
+
+def _raw(headers: dict[str, str], artifact: Artifact) -> list[tuple[bytes, bytes]]:
+    """Headers as the ASGI server sends them, as a Starlette Response with this body would have them."""
+    raw = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+    raw.append((b"content-length", str(len(artifact.body)).encode()))
+    raw.append((b"content-type", artifact.media_type.encode()))
+    return raw
+
+
+def _wire(headers: list[tuple[bytes, bytes]]) -> bytes:
+    """Raw headers as 'name: value' lines, as they go on the wire (service/protocol.py)."""
+    return b"".join(name + b": " + value + b"\r\n" for name, value in headers)
 
 
 class LRUCache(Generic[V]):
@@ -266,6 +310,10 @@ class ModelStore:
         metrics.CACHE.labels("redis", "hit").inc()
         self.remember(artifact)
         return artifact
+
+    def by_sha(self, sha256: str) -> str | None:
+        """The memory tier's key of the file with this sha256, if it holds it."""
+        return self._by_sha.get(sha256)
 
     async def get_by_sha(self, sha256: str) -> Artifact | None:
         local = self._by_sha.get(sha256)

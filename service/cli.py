@@ -152,6 +152,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     from service.config import Settings
     from service.main import create_app, load_models, resolve_device
+    from service.protocol import protocol_for, supported
 
     try:
         settings = Settings()
@@ -169,12 +170,15 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"neumeta serve: {exc} (NEUMETA_CHECKPOINTS)", file=sys.stderr)
         return 2
     logging.basicConfig(level=settings.log_level.upper(), format="%(message)s")
+    app = create_app(settings, models)
     uvicorn.run(
-        create_app(settings, models),
+        app,
+        http=protocol_for(app.state) if supported() else "auto",
         host=args.host,
         port=args.port,
         log_level=settings.log_level,
         access_log=False,  # the app writes one JSON line per request
+        proxy_headers=False,  # nothing here uses the client's address; parsing X-Forwarded-* costs every request
         timeout_graceful_shutdown=int(settings.shutdown_grace),
     )
     return 0

@@ -18,6 +18,9 @@ class Settings(BaseSettings):
         (BUNDLED,), description="comma-separated checkpoint paths; the first is the default model"
     )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when available, else CPU")
+    precision: Literal["float32", "tf32", "bfloat16"] = Field(
+        "float32", description="hypernetwork arithmetic: tf32 applies to CUDA matmuls only (docs/benchmarks.md)"
+    )
     samples: int | None = Field(
         None, ge=1, le=1000, description="K noisy weight sets averaged; default: the checkpoint's own"
     )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 import re
 from typing import Annotated
 
@@ -15,11 +14,11 @@ from neumeta_core.sampling import ratio_for
 from service import metrics
 from service.cache import Artifact
 from service.errors import InvalidRequest, ModelNotFound, NotReady, Unauthorized
+from service.hotpath import authorized
 from service.schemas import ERROR_RESPONSES, DType, Format, Health, ModelInfo, ModelRequest, WidthRange
 from service.synthesis import Synthesizer
 
 router = APIRouter()
-IMMUTABLE = "public, max-age=31536000, immutable"
 SHA256 = r"^[0-9a-f]{64}$"
 
 
@@ -33,13 +32,7 @@ def synthesizer(request: Request) -> Synthesizer:
 def require_key(request: Request, authorization: Annotated[str | None, Header()] = None) -> None:
     """Bearer keys compared in constant time; no keys configured means no authentication."""
     keys: tuple[bytes, ...] = request.app.state.api_keys
-    if not keys:
-        return
-    scheme, _, token = (authorization or "").partition(" ")
-    matched = False
-    for key in keys:  # every key is compared, so timing does not tell which one nearly matched
-        matched |= hmac.compare_digest(token.strip().encode(), key)
-    if scheme.lower() != "bearer" or not matched:
+    if keys and not authorized(authorization.encode("latin-1") if authorization else None, keys):
         raise Unauthorized("this route needs an API key: send 'Authorization: Bearer <key>'")
 
 
@@ -83,6 +76,7 @@ def _request(query: dict[str, object], body: ModelRequest | None, synth: Synthes
     summary="Synthesize a model of the requested size and download it",
 )
 async def create_model(
+    request: Request,
     synth: Synth,
     ratio: Annotated[float | None, Query(description="compression ratio gamma = 1 - h/h_max")] = None,
     width: Annotated[int | None, Query(description="hidden width h")] = None,
@@ -96,6 +90,8 @@ async def create_model(
     query = {"ratio": ratio, "width": width, "max_params": max_params, "model": model, "format": format}
     req = _request({**query, "dtype": dtype}, body, synth)
     ckpt, size = synth.resolve(req)
+    if body is None:  # the hot path answers this query string's hits from now on
+        synth.queries.remember(request.scope["query_string"], synth.key(ckpt, size, req.format, req.dtype))
     artifact, cached = await synth.get(ckpt, size, req.format, req.dtype)
     headers = model_headers(artifact, cached)
     if etag_matches(if_none_match, artifact.sha256):
@@ -126,12 +122,7 @@ async def get_model(
     artifact = await synth.store.get_by_sha(sha256)
     if artifact is None:
         raise ModelNotFound(f"model {sha256} is not in the cache (evicted or never made): POST /models to make it")
-    headers = {
-        "ETag": artifact.headers["ETag"],
-        "Cache-Control": IMMUTABLE,
-        "Accept-Ranges": "bytes",
-        "Content-Disposition": artifact.headers["Content-Disposition"],
-    }
+    headers = artifact.address_headers
     if etag_matches(if_none_match, sha256):
         return Response(status_code=304, headers=headers)
     body = artifact.body

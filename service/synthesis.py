@@ -22,6 +22,7 @@ from service import metrics
 from service.cache import Artifact, CacheKey, ModelStore
 from service.config import Settings
 from service.errors import InvalidRequest, ModelNotFound, Overloaded, ServiceError, SynthesisTimeout
+from service.hotpath import QueryMemo
 from service.schemas import ModelRequest
 
 log = logging.getLogger("neumeta.synthesis")
@@ -37,6 +38,7 @@ class Synthesizer:
         self.settings = settings
         self._worker = ThreadPoolExecutor(max_workers=settings.max_concurrent, thread_name_prefix="synthesis")
         self._inflight: dict[CacheKey, asyncio.Future[Artifact]] = {}
+        self.queries = QueryMemo()  # POST /models query strings already resolved (service/hotpath.py)
         self._probes = {  # one fixed input batch per model, in its family's input shape
             name: torch.rand(8, *c.morph.family.input_shape, generator=torch.Generator().manual_seed(0))
             for name, c in models.items()
@@ -88,10 +90,13 @@ class Synthesizer:
             raise InvalidRequest(f"max_params={req.max_params} fits no width: the smallest model has {smallest}")
         return ckpt, max(fits)
 
+    def key(self, ckpt: Checkpoint, width: int, fmt: str, dtype: str) -> CacheKey:
+        return CacheKey(ckpt.digest, width, fmt, dtype, self.settings.precision)
+
     # -- the cached, single-flight path ----------------------------------------------------
     async def get(self, ckpt: Checkpoint, width: int, fmt: str, dtype: str) -> tuple[Artifact, bool]:
         """(artifact, served from a cache?)"""
-        key = CacheKey(ckpt.digest, width, fmt, dtype)
+        key = self.key(ckpt, width, fmt, dtype)
         cached = await self.store.get(key)
         if cached is not None:
             return cached, True
@@ -150,10 +155,12 @@ class Synthesizer:
 
     def _synthesize(self, key: CacheKey, ckpt: Checkpoint) -> Artifact:
         started = time.perf_counter()
-        state = ckpt.morph.state_dict(key.width)
+        state = ckpt.morph.state_dict(key.width, key.precision)
         synthesized = time.perf_counter()
         ratio = ratio_for(key.width, ckpt.target.max_width)
         meta = {"neumeta.width": str(key.width), "neumeta.ratio": f"{ratio:g}", "neumeta.checkpoint": ckpt.digest}
+        if key.precision != "float32":
+            meta["neumeta.precision"] = key.precision
         body = export.serialize(ckpt.target.family, state, key.format, key.dtype, meta)
         exported = time.perf_counter()
         error = self._verify(body, key, ckpt, state)
@@ -173,6 +180,7 @@ class Synthesizer:
             ratio=ratio,
             format=key.format,
             dtype=key.dtype,
+            precision=key.precision,
         )
 
     def _verify(self, body: bytes, key: CacheKey, ckpt: Checkpoint, state: dict[str, torch.Tensor]) -> float:
@@ -188,7 +196,7 @@ class Synthesizer:
     def warm_up(self) -> None:
         """One synthesis per model before readiness, so no request pays first-call costs."""
         for ckpt in self.models.values():
-            self._synthesize(CacheKey(ckpt.digest, ckpt.target.max_width, "onnx", "float32"), ckpt)
+            self._synthesize(self.key(ckpt, ckpt.target.max_width, "onnx", "float32"), ckpt)
 
     def close(self) -> None:
         self._worker.shutdown(wait=True, cancel_futures=True)

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from neumeta_core.config import HyperNetConfig
@@ -32,3 +33,59 @@ def test_noise_is_reproducible_and_clean_sample_is_first():
     assert not torch.equal(a[0], c[0])
     clean = net(SHAPES)
     assert not torch.equal(a[0], clean[0])  # the average includes noisy samples
+
+
+def test_grouped_synthesis_equals_the_per_tensor_forward(bundled):
+    """synthesize() (tensors of equal query count batched) computes what forward() does, tensor for tensor."""
+    hyper = bundled.morph.hypernet
+    for width in (4, 27, 32):
+        shapes = list(bundled.morph.shapes(width).values())
+        with torch.no_grad():
+            loop = hyper(shapes, 5, 1.0, torch.Generator().manual_seed(0))
+            grouped = hyper.synthesize(shapes, 5, 1.0, torch.Generator().manual_seed(0))
+        assert [t.shape for t in grouped] == [t.shape for t in loop]
+        assert max(float((a - b).abs().max()) for a, b in zip(loop, grouped, strict=True)) <= 1e-6
+
+
+def test_grouping_follows_query_counts_not_positions():
+    """Tensors of one query count are batched together even when they are not neighbours."""
+    torch.manual_seed(0)
+    shapes = [(6, 4, 3, 3), (6,), (4, 6, 3, 3), (6,), (4,), (3, 8, 3, 3)]  # 24, 6, 24, 6, 4, 24 queries
+    net = HyperNetwork(CFG, len(shapes), norm=8)
+    with torch.no_grad():
+        loop = net(shapes, 3, 0.5, torch.Generator().manual_seed(1))
+        grouped = net.synthesize(shapes, 3, 0.5, torch.Generator().manual_seed(1))
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(loop, grouped, strict=True))
+
+
+def test_bfloat16_synthesis_is_close_and_unknown_precision_is_refused(bundled):
+    hyper = bundled.morph.hypernet
+    shapes = list(bundled.morph.shapes(32).values())
+    full = hyper.synthesize(shapes, 2, 1.0, torch.Generator().manual_seed(0))
+    half = hyper.synthesize(shapes, 2, 1.0, torch.Generator().manual_seed(0), precision="bfloat16")
+    for a, b in zip(full, half, strict=True):
+        assert b.dtype == torch.float32
+        assert 0 < float((a - b).abs().max()) <= 0.02 * float(a.abs().max())  # rounded, not broken
+    with pytest.raises(ValueError, match="precision must be one of"):
+        hyper.synthesize(shapes, precision="fp8")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+def test_cuda_synthesis_matches_cpu_and_never_waits_for_the_device():
+    from neumeta_core import checkpoint
+
+    on_cpu, on_gpu = checkpoint.load(checkpoint.BUNDLED), checkpoint.load(checkpoint.BUNDLED, "cuda")
+    shapes = list(on_cpu.morph.shapes(32).values())
+    expected = on_cpu.morph.hypernet.synthesize(shapes, 5, 1.0, torch.Generator().manual_seed(0))
+    torch.cuda.set_sync_debug_mode("error")  # any host synchronisation inside raises
+    try:
+        got = on_gpu.morph.hypernet.synthesize(shapes, 5, 1.0, torch.Generator().manual_seed(0))
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert all(t.device.type == "cuda" for t in got)
+    assert max(float((a - b.cpu()).abs().max()) for a, b in zip(expected, got, strict=True)) <= 1e-4
+    for precision in ("tf32", "bfloat16"):
+        low = on_gpu.morph.hypernet.synthesize(shapes, 5, 1.0, torch.Generator().manual_seed(0), precision=precision)
+        assert max(float((a - b.cpu()).abs().max()) for a, b in zip(expected, low, strict=True)) <= 0.05
+    assert not torch.backends.cuda.matmul.allow_tf32  # restored after the tf32 call

@@ -258,3 +258,15 @@ def test_two_checkpoints_are_served_side_by_side(mlp_checkpoint):
         assert 'filename="mlp-w8.onnx"' in other.headers["content-disposition"]
         session = export.session(other.content)
         assert session.run(["logits"], {"input": np.zeros((2, 1, 8, 8), np.float32)})[0].shape == (2, 10)
+
+
+def test_bfloat16_precision_is_its_own_model_and_keeps_its_accuracy(client, split):
+    """NEUMETA_PRECISION changes the bytes, so it is part of the cache key and named in the file."""
+    full = client.post("/models?ratio=0.25")
+    with TestClient(create_app(Settings(device="cpu", precision="bfloat16")), base_url="http://127.0.0.1") as c:
+        half = c.post("/models?ratio=0.25")
+    assert half.status_code == 200 and half.headers["etag"] != full.headers["etag"]
+    meta = {p.key: p.value for p in onnx.load_from_string(half.content).metadata_props}
+    assert meta["neumeta.precision"] == "bfloat16"
+    x, y = split.x_test.numpy(), split.y_test.numpy()
+    assert abs(export.accuracy(half.content, x, y) - export.accuracy(full.content, x, y)) <= 1.0

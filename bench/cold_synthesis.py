@@ -1,0 +1,218 @@
+"""Cold synthesis, stage by stage, against the floor the hardware sets, per width and per K.
+
+    .venv/bin/python bench/cold_synthesis.py [--checkpoint PATH] [--device cpu|cuda] [--repeats 5]
+
+A synthesis (service/synthesis.py) is: encode every generated weight's coordinates (K copies, jittered,
+Fourier features), run the hypernetwork's MLPs on them (the forward), assemble the tensors (mean over K,
+reshape, the fixed weights added), write the ONNX file, and verify it with onnxruntime against torch.
+Each stage is timed here with the same functions the service calls, taking the fastest of --repeats.
+
+The floor: the MLPs' multiply-adds (HyperNetwork.flops) divided by the float32 matmul rate measured on
+the same device in the same run (a 2048x2048 torch.mm, the fastest of several). time / floor says how far
+the synthesis is from what the device allows for that arithmetic.
+
+Writes docs/results/cold_synthesis{,-DEVICE}.json and .png (the CPU run has no suffix).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from neumeta_core import checkpoint, export
+from neumeta_core.checkpoint import Checkpoint
+
+RESULTS = ROOT / "docs" / "results"
+STAGES = ("encode", "forward", "assemble", "onnx", "verify")
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def fastest(fn: Callable[[], Any], repeats: int, device: torch.device) -> tuple[float, Any]:
+    best, result = float("inf"), None
+    for _ in range(repeats):
+        sync(device)
+        started = time.perf_counter()
+        result = fn()
+        sync(device)
+        best = min(best, time.perf_counter() - started)
+    return best, result
+
+
+def matmul_rate(device: torch.device, n: int = 2048, repeats: int = 10) -> float:
+    """float32 FLOP/s of an n x n matmul on `device` (the fastest of `repeats`)."""
+    a = torch.randn(n, n, device=device)
+    b = torch.randn(n, n, device=device)
+    torch.mm(a, b)  # warm-up: thread pool, kernels
+    seconds, _ = fastest(lambda: torch.mm(a, b), repeats, device)
+    return 2 * n**3 / seconds
+
+
+@torch.no_grad()
+def stages(ckpt: Checkpoint, width: int, samples: int, repeats: int, probe: torch.Tensor) -> dict[str, float]:
+    """Seconds per stage of one synthesis at `width` with K = `samples` (fastest of `repeats` each)."""
+    morph, hyper = ckpt.morph, ckpt.morph.hypernet
+    device = morph.device
+    shapes = list(morph.shapes(width).values())
+    noise = morph.noise if samples > 1 else 0.0
+
+    def encode() -> list[torch.Tensor]:
+        gen = torch.Generator().manual_seed(morph.seed)
+        return [hyper.encode(shapes, t, samples, noise, gen) for t in range(len(shapes))]
+
+    t_encode, inputs = fastest(encode, repeats, device)
+    t_forward, outputs = fastest(lambda: [mlp(x) for mlp, x in zip(hyper.mlps, inputs, strict=True)], repeats, device)
+
+    def assemble() -> dict[str, torch.Tensor]:
+        tensors = [hyper.assemble(y, shape, samples) for y, shape in zip(outputs, shapes, strict=True)]
+        return {**morph.fixed, **dict(zip(morph.shapes(width), tensors, strict=True))}
+
+    t_assemble, state = fastest(assemble, repeats, device)
+    t_onnx, body = fastest(lambda: export.serialize(ckpt.target.family, state, "onnx", "float32"), repeats, device)
+
+    def verify() -> float:
+        model = morph.family.build(ckpt.target, width).to(device)
+        model.load_state_dict(state)
+        return export.verify(body, model.eval(), probe)
+
+    t_verify, error = fastest(verify, repeats, device)
+    assert error <= 1e-4, f"verification failed at width {width}: {error}"
+    # the path the service takes, end to end, to check the stages add up
+    original = morph.samples
+    morph.samples = samples
+    try:
+        t_total, _ = fastest(lambda: morph.state_dict(width), repeats, device)
+    finally:
+        morph.samples = original
+    return {
+        "encode": t_encode,
+        "forward": t_forward,
+        "assemble": t_assemble,
+        "onnx": t_onnx,
+        "verify": t_verify,
+        "state_dict": t_total,
+        "flops": hyper.flops(shapes, samples),
+    }
+
+
+def row(ckpt: Checkpoint, width: int, samples: int, timings: dict[str, float], rate: float) -> dict[str, Any]:
+    cold = sum(timings[s] for s in STAGES)
+    floor = timings["flops"] / rate
+    return {
+        "width": width,
+        "samples": samples,
+        **{f"{s}_ms": round(timings[s] * 1e3, 3) for s in STAGES},
+        "cold_ms": round(cold * 1e3, 3),
+        "state_dict_ms": round(timings["state_dict"] * 1e3, 3),
+        "gflop": round(timings["flops"] / 1e9, 4),
+        "floor_ms": round(floor * 1e3, 3),
+        "synthesis_over_floor": round((timings["encode"] + timings["forward"] + timings["assemble"]) / floor, 2),
+        "cold_over_floor": round(cold / floor, 2),
+        "export_share": round((timings["onnx"] + timings["verify"]) / cold, 3),
+    }
+
+
+def plot(record: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    by_width = record["by_width"]
+    xs = [r["width"] for r in by_width]
+    bottom = [0.0] * len(xs)
+    for stage in STAGES:
+        ys = [r[f"{stage}_ms"] for r in by_width]
+        ax1.bar(xs, ys, bottom=bottom, label=stage, width=2.5)
+        bottom = [b + y for b, y in zip(bottom, ys, strict=True)]
+    ax1.plot(xs, [r["floor_ms"] for r in by_width], "k--", marker="o", label="floor (MLP FLOPs / matmul rate)")
+    ax1.set_xlabel("width h")
+    ax1.set_ylabel("ms")
+    ax1.set_title(f"Cold synthesis vs width (K = {by_width[0]['samples']}, {record['device']})")
+    ax1.legend(fontsize=8)
+    by_k = record["by_samples"]
+    ks = [r["samples"] for r in by_k]
+    ax2.plot(ks, [r["cold_ms"] for r in by_k], marker="o", label="cold synthesis")
+    ax2.plot(ks, [r["forward_ms"] for r in by_k], marker="o", label="hypernetwork forward")
+    ax2.plot(ks, [r["floor_ms"] for r in by_k], "k--", marker="o", label="floor")
+    ax2.set_xscale("log")
+    ax2.set_yscale("log")
+    ax2.set_xlabel("K (noisy weight sets averaged)")
+    ax2.set_ylabel("ms")
+    ax2.set_title(f"Cold synthesis vs K (h = {by_k[0]['width']})")
+    ax2.legend(fontsize=8)
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--checkpoint", type=Path, default=checkpoint.BUNDLED)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--samples", type=int, nargs="+", default=[1, 2, 5, 10, 20], help="K values at full width")
+    p.add_argument("--out", type=Path, default=None)
+    args = p.parse_args()
+    device = torch.device(args.device)
+    ckpt = checkpoint.load(args.checkpoint, device)
+    t = ckpt.target
+    widths = sorted({t.min_width, *range(8, t.max_width + 1, 4), t.max_width})
+    probe = torch.rand(8, *ckpt.morph.family.input_shape, generator=torch.Generator().manual_seed(0))
+    stages(ckpt, t.max_width, ckpt.morph.samples, 1, probe)  # warm-up
+    rate = matmul_rate(device)
+
+    by_width, by_samples = [], []
+    plan = [(w, ckpt.morph.samples) for w in widths] + [(t.max_width, k) for k in args.samples]
+    for n, (width, k) in enumerate(tqdm(plan, desc="syntheses", unit="config")):
+        r = row(ckpt, width, k, stages(ckpt, width, k, args.repeats, probe), rate)
+        (by_width if n < len(widths) else by_samples).append(r)
+    rate_after = matmul_rate(device)
+
+    record = {
+        "command": "python bench/cold_synthesis.py " + " ".join(sys.argv[1:]),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads",
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "checkpoint": ckpt.digest,
+        "matmul_gflops": round(rate / 1e9, 1),
+        "matmul_gflops_after": round(rate_after / 1e9, 1),
+        "by_width": by_width,
+        "by_samples": by_samples,
+    }
+    print(f"\nmatmul rate {rate / 1e9:.1f} GFLOP/s (after: {rate_after / 1e9:.1f}), {record['device']}\n")
+    head = "| h | K | encode | forward | assemble | onnx | verify | cold (ms) | floor (ms) | synthesis/floor | cold/floor | onnx+verify share |"  # noqa: E501
+    print(head + "\n|" + "---|" * 12)
+    for r in by_width + by_samples:
+        print(
+            f"| {r['width']} | {r['samples']} | {r['encode_ms']:.2f} | {r['forward_ms']:.2f} | {r['assemble_ms']:.2f} "
+            f"| {r['onnx_ms']:.2f} | {r['verify_ms']:.2f} | {r['cold_ms']:.2f} | {r['floor_ms']:.2f} "
+            f"| {r['synthesis_over_floor']:.2f} | {r['cold_over_floor']:.2f} | {r['export_share']:.1%} |"
+        )
+    suffix = "" if device.type == "cpu" else f"-{device.type}"
+    out = args.out or RESULTS / f"cold_synthesis{suffix}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(record, indent=2) + "\n")
+    plot(record, out.with_suffix(".png"))
+    print(f"\nwrote {out} and {out.with_suffix('.png')}")
+
+
+if __name__ == "__main__":
+    main()
