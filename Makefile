@@ -6,7 +6,7 @@ TORCH := torch==2.13.0
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test lint bench setup clean
+.PHONY: run test lint bench soak bench-tools setup clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,8 +20,10 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 
 setup: $(VENV)/.installed
 
+# MALLOC_ARENA_MAX=2: with glibc's default per-thread arenas RSS grew 60-98 MiB while caching 5.6 MiB of
+# models; with two arenas 7-23 MiB (bench/memory.py)
 run: setup
-	$(BIN)/neumeta serve --host $(HOST) --port $(PORT)
+	MALLOC_ARENA_MAX=2 $(BIN)/neumeta serve --host $(HOST) --port $(PORT)
 
 test: setup
 	$(BIN)/pytest
@@ -31,11 +33,25 @@ lint: setup
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-bench: setup
+# wrk and nginx for bench/hot_path.py (Debian packages; installed when missing and we are root)
+bench-tools:
+	@command -v wrk >/dev/null && command -v nginx >/dev/null || \
+	  { [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get install -y -qq wrk nginx-light; } || \
+	  { echo "bench needs wrk and nginx: apt-get install wrk nginx-light" >&2; exit 1; }
+
+bench: setup bench-tools
 	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	$(BIN)/python bench/cold_synthesis.py
+	$(BIN)/python bench/hot_path.py
+	$(BIN)/python bench/memory.py
 	$(BIN)/python bench/accuracy_vs_width.py
 	$(BIN)/python bench/redis_outage.py
 	$(BIN)/python bench/train_time.py
+
+# the load and fault tests of `make test`, longer and wider, with their figures printed
+soak: setup
+	NEUMETA_LOAD_SECONDS=60 NEUMETA_LOAD_CLIENTS=64 NEUMETA_FUZZ_EXAMPLES=1000 \
+	  $(BIN)/pytest tests/faults -s -p no:cacheprovider --timeout 1800
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

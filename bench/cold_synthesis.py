@@ -29,11 +29,11 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from neumeta_core import checkpoint, export
 from neumeta_core.checkpoint import Checkpoint
 
+ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "docs" / "results"
 STAGES = ("encode", "forward", "assemble", "onnx", "verify")
 
