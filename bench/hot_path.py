@@ -8,6 +8,8 @@ Everything listens on 127.0.0.1. For each connection count, each round runs wrk 
             default: on, it stalls a keep-alive connection ~40 ms at the 99th percentile)
   GET sha   the service, GET /models/{sha256} (the content address)
   POST      the service, POST /models?ratio=0.25 (the size request), a cache hit
+  POST via FastAPI  the same hit with an If-None-Match that matches nothing, which the hot path leaves
+            to FastAPI: what a hit costs without service/hotpath.py and service/protocol.py
 alternating the targets within the round, so drift on the shared machine hits all of them alike.
 Reports the median over rounds of requests/s, p50 and p99, and each service row's ratio to nginx.
 Writes docs/results/hot_path.{json,png}.
@@ -128,7 +130,7 @@ def plot(rows: list[dict[str, object]], connections: list[int], path: Path) -> N
     import matplotlib.pyplot as plt
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-    for target in ("nginx", "GET sha", "POST"):
+    for target in ("nginx", "GET sha", "POST", "POST via FastAPI"):
         sel = sorted((r for r in rows if r["target"] == target), key=lambda r: int(r["connections"]))  # type: ignore[call-overload]
         xs = [r["connections"] for r in sel]
         ax1.plot(xs, [r["rps"] for r in sel], marker="o", label=target)
@@ -164,10 +166,13 @@ def main() -> None:
         nginx, nginx_url = start_nginx(Path(tmp), body)
         script = Path(tmp) / "post.lua"
         script.write_text('wrk.method = "POST"\n')
+        slow = Path(tmp) / "post-fastapi.lua"  # an If-None-Match that matches nothing: FastAPI answers the hit
+        slow.write_text('wrk.method = "POST"\nwrk.headers["If-None-Match"] = \'"none"\'\n')
         targets = {
             "nginx": (nginx_url, None),
             "GET sha": (f"{live.url}/models/{sha}", None),
             "POST": (f"{live.url}/models?ratio={RATIO}", script),
+            "POST via FastAPI": (f"{live.url}/models?ratio={RATIO}", slow),
         }
         try:
             runs: dict[tuple[str, int], list[dict[str, float]]] = {}

@@ -186,6 +186,10 @@ class LRUCache(Generic[V]):
     def __len__(self) -> int:
         return len(self._items)
 
+    def values(self) -> list[V]:
+        """A snapshot of the values, least recently used first."""
+        return [value for value, _ in self._items.values()]
+
 
 class RedisTier:
     """Redis with a time-out per command and a back-off after failures."""
@@ -197,6 +201,7 @@ class RedisTier:
         self._backoff = 0.25
         self._failed_at = float("-inf")
         self.last_error: str | None = None
+        self.on_recover: Callable[[], None] | None = None  # called once when Redis answers again after failing
 
     @property
     def degraded(self) -> bool:
@@ -220,7 +225,12 @@ class RedisTier:
             await self._drop_connections()  # pooled sockets to a restarted server are all stale
             log.warning("redis %s failed (%s); retrying in %.2fs", op, self.last_error, self._backoff / 2)
             return None
+        recovered = self.last_error is not None
         self.last_error, self._backoff = None, 0.25
+        if recovered:
+            log.warning("redis answers again")
+            if self.on_recover is not None:
+                self.on_recover()
         return result
 
     async def _drop_connections(self) -> None:
@@ -279,6 +289,27 @@ class ModelStore:
         self.memory: LRUCache[Artifact] = LRUCache(max_bytes, self._forget)
         self.remote = remote
         self._by_sha: dict[str, str] = {}
+        self._republishing: asyncio.Task[int] | None = None
+        if remote is not None:
+            remote.on_recover = self._schedule_republish
+
+    def _schedule_republish(self) -> None:
+        """After an outage Redis may have restarted empty, and other replicas find models by content
+        address only there: write back what this process holds (in the background, once at a time)."""
+        if self._republishing is None or self._republishing.done():
+            self._republishing = asyncio.get_running_loop().create_task(self.republish())
+
+    async def republish(self) -> int:
+        """Write every model in memory to Redis again; the number written."""
+        assert self.remote is not None
+        written = 0
+        for artifact in self.memory.values():
+            await self.remote.put(artifact)
+            if self.remote.degraded:
+                break  # down again: the next recovery starts over
+            written += 1
+        log.info("republished %d models to redis", written)
+        return written
 
     def _forget(self, key: str, artifact: Artifact) -> None:
         self._by_sha.pop(artifact.sha256, None)
