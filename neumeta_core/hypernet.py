@@ -124,9 +124,8 @@ class HyperNetwork(nn.Module):
         for t, r in enumerate(raw):
             groups.setdefault(r.shape[0], []).append(t)
         out: list[torch.Tensor | None] = [None] * len(shapes)
-        tf32 = precision == "tf32" and device.type == "cuda"
-        previous = torch.backends.cuda.matmul.allow_tf32
-        torch.backends.cuda.matmul.allow_tf32 = tf32 or (previous and precision != "float32")
+        previous = torch.backends.cuda.matmul.allow_tf32  # a process-wide flag: set for this call only
+        torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
         try:
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bfloat16"):
                 for members in groups.values():
