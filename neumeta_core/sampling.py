@@ -80,6 +80,7 @@ class MorphicNet:
 
     def synthesize(self, width: int) -> nn.Module:
         """A torch model of `width` with generated weights, on the hypernetwork's device."""
+        self.check_width(width)
         model = self.family.build(self.target, width).to(self.device)
         model.load_state_dict(self.state_dict(width))
         return model.eval()

@@ -52,7 +52,12 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _width(args: argparse.Namespace, max_width: int) -> int:
-    return args.width if args.width is not None else width_for(args.ratio, max_width)
+    if args.width is not None:
+        return int(args.width)
+    width = width_for(args.ratio, max_width)
+    if width < 1:
+        raise ValueError(f"ratio {args.ratio} leaves no channels: the ratio must be below 1")
+    return width
 
 
 def _sample(args: argparse.Namespace) -> int:
@@ -273,8 +278,14 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Bad input (a missing file, a checkpoint that needs --data-dir, a width out of range) is one line on
+    stderr and exit status 2, never a traceback."""
     args = parser().parse_args(argv)
-    return int(args.run(args))
+    try:
+        return int(args.run(args))
+    except (ValueError, OSError) as exc:
+        print(f"neumeta {args.command}: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -157,8 +157,10 @@ def test_train_and_eval_end_to_end_on_cifar_format_data(cifar_dir, tmp_path, cap
 def test_eval_without_a_data_dir_says_what_is_missing(cifar_dir, tmp_path, capsys):
     out = tmp_path / "r.pt"
     assert main(["train", "--target", "resnet20", "--data-dir", str(cifar_dir), *FAST, "--out", str(out)]) == 0
-    with pytest.raises(ValueError, match="pass --data-dir"):
-        main(["eval", "--checkpoint", str(out)])
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("neumeta eval: ") and "pass --data-dir" in err and len(err.splitlines()) == 1
 
 
 def test_the_service_serves_a_resnet20_checkpoint_beside_the_digits_one(cifar_dir, tmp_path):

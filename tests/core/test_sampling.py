@@ -31,3 +31,20 @@ def test_synthesized_model_has_requested_width(bundled):
     assert bundled.morph.param_count(12) == sum(p.numel() for p in model.parameters())
     with pytest.raises(ValueError, match="outside the supported range"):
         bundled.morph.synthesize(bundled.target.max_width + 1)
+
+
+@pytest.mark.parametrize(
+    "argv, says",
+    [
+        (["--ratio", "2"], "ratio 2.0 leaves no channels: the ratio must be below 1"),
+        (["--ratio", "0.95"], "width 2 is outside the supported range 4..32"),
+        (["--width", "40"], "width 40 is outside the supported range 4..32"),
+    ],
+)
+def test_sample_with_a_size_out_of_range_is_one_line_and_status_2(argv, says, tmp_path, capsys):
+    from service.cli import main
+
+    out = tmp_path / "m.onnx"
+    assert main(["sample", *argv, "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"neumeta sample: {says}\n" and not out.exists()
