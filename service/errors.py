@@ -73,7 +73,11 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         synth = getattr(request.app.state, "synth", None)
-        hint = synth.request_hint() if synth is not None else "see /docs for the valid parameters"
+        hint = (
+            f"give exactly one of ratio, width or max_params. {synth.request_hint()}"
+            if synth is not None
+            else "see /docs for the valid parameters"
+        )
         fields = "; ".join(_describe(e) for e in exc.errors())
         return JSONResponse(error_body("invalid_request", f"{fields}. {hint}"), status_code=422)
 

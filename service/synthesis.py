@@ -61,9 +61,10 @@ class Synthesizer:
         )
 
     def request_hint(self) -> str:
+        """What is valid, for the detail of a 422 (after the reason, which says what was wrong)."""
         ckpt = self.checkpoint(None)
         return (
-            f"give exactly one of ratio, width or max_params. {self.ratio_hint(ckpt)}; width must be an "
+            f"{self.ratio_hint(ckpt)}; width must be an "
             f"integer in {ckpt.target.min_width}..{ckpt.target.max_width}; max_params at least "
             f"{ckpt.morph.param_count(ckpt.target.min_width)}. format: {' | '.join(export.FORMATS)}; "
             f"dtype: {' | '.join(export.DTYPES)}"

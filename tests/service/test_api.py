@@ -270,3 +270,10 @@ def test_bfloat16_precision_is_its_own_model_and_keeps_its_accuracy(client, spli
     assert meta["neumeta.precision"] == "bfloat16"
     x, y = split.x_test.numpy(), split.y_test.numpy()
     assert abs(export.accuracy(half.content, x, y) - export.accuracy(full.content, x, y)) <= 1.0
+
+
+@pytest.mark.parametrize("query", ["", "?ratio=abc", "?ratio=0.2&width=3"])
+def test_the_rule_is_stated_once_with_the_valid_ranges(client, query):
+    detail = client.post(f"/models{query}").json()["detail"]
+    assert detail.count("give exactly one of ratio, width or max_params") == 1
+    assert RANGE_HINT in detail and "width must be an integer in 4..32" in detail
