@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from typing import cast
@@ -57,13 +58,16 @@ class HyperNetwork(nn.Module):
         to all six raw coordinates (training passes samples=1 with noise > 0 instead).
         The noise is drawn on the CPU from `generator`, so every device sees the same values.
         """
+        self._check(shapes)
         out = []
-        if len(shapes) != len(self.mlps):
-            raise ValueError(f"{len(shapes)} shapes for a hypernetwork of {len(self.mlps)} tensors")
         for t in range(len(shapes)) if tensors is None else tensors:
             x = self.encode(shapes, t, samples, noise, generator)
             out.append(self.assemble(self.mlps[t](x), shapes[t], samples))
         return out
+
+    def _check(self, shapes: Sequence[Shape]) -> None:
+        if len(shapes) != len(self.mlps):
+            raise ValueError(f"{len(shapes)} shapes for a hypernetwork of {len(self.mlps)} tensors")
 
     def encode(
         self, shapes: Sequence[Shape], t: int, samples: int, noise: float, generator: torch.Generator | None
@@ -107,19 +111,15 @@ class HyperNetwork(nn.Module):
         the caller reads the result. `precision`: "float32", "tf32" (CUDA matmuls in TF32) or
         "bfloat16" (the MLPs under bf16 autocast; outputs averaged in float32).
         """
-        if len(shapes) != len(self.mlps):
-            raise ValueError(f"{len(shapes)} shapes for a hypernetwork of {len(self.mlps)} tensors")
+        self._check(shapes)
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
         device = next(self.parameters()).device
         raw = [self.coordinates(shapes, t, samples, noise, generator) for t in range(len(shapes))]  # noise in order
         flat = torch.cat(raw)
-        if device.type == "cuda":
-            flat = flat.pin_memory().to(device, non_blocking=True)
-        x_all = self.features(flat.to(device))
-        starts = [0]
-        for r in raw:
-            starts.append(starts[-1] + r.shape[0])
+        flat = flat.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else flat.to(device)
+        x_all = self.features(flat)
+        starts = [0, *itertools.accumulate(r.shape[0] for r in raw)]
         groups: dict[int, list[int]] = {}
         for t, r in enumerate(raw):
             groups.setdefault(r.shape[0], []).append(t)

@@ -90,9 +90,8 @@ async def create_model(
     query = {"ratio": ratio, "width": width, "max_params": max_params, "model": model, "format": format}
     req = _request({**query, "dtype": dtype}, body, synth)
     ckpt, size = synth.resolve(req)
-    if body is None:  # the hot path answers this query string's hits from now on
-        synth.queries.remember(request.scope["query_string"], synth.key(ckpt, size, req.format, req.dtype))
-    artifact, cached = await synth.get(ckpt, size, req.format, req.dtype)
+    asked = request.scope["query_string"] if body is None else None  # the hot path answers its hits from now on
+    artifact, cached = await synth.get(ckpt, size, req.format, req.dtype, asked)
     headers = model_headers(artifact, cached)
     if etag_matches(if_none_match, artifact.sha256):
         return Response(status_code=304, headers=headers)

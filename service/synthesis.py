@@ -95,9 +95,14 @@ class Synthesizer:
         return CacheKey(ckpt.digest, width, fmt, dtype, self.settings.precision)
 
     # -- the cached, single-flight path ----------------------------------------------------
-    async def get(self, ckpt: Checkpoint, width: int, fmt: str, dtype: str) -> tuple[Artifact, bool]:
-        """(artifact, served from a cache?)"""
+    async def get(
+        self, ckpt: Checkpoint, width: int, fmt: str, dtype: str, query: bytes | None = None
+    ) -> tuple[Artifact, bool]:
+        """(artifact, served from a cache?). `query`: the validated query string that asked for it,
+        which the hot path then answers from memory (service/hotpath.py)."""
         key = self.key(ckpt, width, fmt, dtype)
+        if query is not None:
+            self.queries.remember(query, key)
         cached = await self.store.get(key)
         if cached is not None:
             return cached, True
