@@ -10,6 +10,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,18 @@ def settings_from(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Setti
 
 def url_path(url: str) -> str:
     return urlsplit(url).path
+
+
+def local(command: list[str], port: int, bindir: Path = Path(sys.executable).parent) -> list[str]:
+    """A container's command or healthcheck, pointed at this host's loopback and the test's port, its
+    `python` and `neumeta` taken from `bindir` (a venv's bin; default: the one running the tests)."""
+    out = [a.replace("0.0.0.0", "127.0.0.1") for a in command]
+    if "--port" in out:
+        out[out.index("--port") + 1] = str(port)
+    if "http" in " ".join(out):
+        written = urlsplit(find_url(" ".join(out))).port
+        out = [a.replace(f":{written}/", f":{port}/") for a in out]
+    return [str(bindir / a) if a in ("python", "neumeta") else a for a in out]
 
 
 def find_url(text: str) -> str:

@@ -7,14 +7,12 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 import urllib.request
-from urllib.parse import urlsplit
 
-from tests.deploy.conftest import find_url, settings_from, url_path
+from tests.deploy.conftest import find_url, local, settings_from, url_path
 from tests.deploy.test_k8s import api, container_env
-from tests.processes import BIN, free_port
+from tests.processes import free_port
 
 
 def get(url: str) -> tuple[int, bytes]:
@@ -23,17 +21,6 @@ def get(url: str) -> tuple[int, bytes]:
             return r.status, r.read()
     except urllib.error.HTTPError as e:
         return e.code, e.read()
-
-
-def local(command: list[str], port: int) -> list[str]:
-    """A container's command or healthcheck, pointed at this host's loopback and the test's port."""
-    out = [a.replace("0.0.0.0", "127.0.0.1") for a in command]
-    if "--port" in out:
-        out[out.index("--port") + 1] = str(port)
-    if "http" in " ".join(out):
-        written = urlsplit(find_url(" ".join(out))).port
-        out = [a.replace(f":{written}/", f":{port}/") for a in out]
-    return [sys.executable if a == "python" else str(BIN) if a == "neumeta" else a for a in out]
 
 
 def test_service_passes_its_probes_and_drains_in_time(

@@ -15,7 +15,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from neumeta_core.checkpoint import BUNDLED
-from tests.deploy.conftest import DOCKERFILES, ROOT, find_url, makefile_torch, url_path
+from tests.deploy.conftest import DOCKERFILES, ROOT, find_url, local, makefile_torch, url_path
 from tests.processes import free_port
 
 HADOLINT = Path(sys.executable).parent / "hadolint"
@@ -182,13 +182,10 @@ def test_cpu_image_recipe_gives_a_working_service(tmp_path, dockerfiles):
             env[key] = value.replace("/opt/venv", str(venv)).replace("$PATH", env.get("PATH", ""))
     env["HOME"] = str(home)
     port = free_port()
-    command = [str(venv / "bin" / df.command[0]), *df.command[1:]]
-    command[command.index("--host") + 1] = "127.0.0.1"
-    command[command.index("--port") + 1] = str(port)
+    command = local(df.command, port, venv / "bin")
     proc = subprocess.Popen(command, cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        check = [str(python) if a == "python" else a for a in df.healthcheck]
-        check = [a.replace(":8000/", f":{port}/") for a in check]
+        check = local(df.healthcheck, port, venv / "bin")
         deadline = time.monotonic() + 120
         while subprocess.run(check, env=env, capture_output=True, timeout=10).returncode != 0:
             assert proc.poll() is None, proc.stderr.read().decode()
