@@ -41,7 +41,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=5, help="timed steps of each kind")
     args = p.parse_args()
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    target, cfg = presets("resnet20")
+    target, _, cfg = presets("resnet20")
     target = replace(target, generated_blocks=args.generated_blocks, skip_init=args.generated_blocks > 1)
     n = cfg.batch_size * 2
     gen = torch.Generator().manual_seed(0)

@@ -22,11 +22,17 @@ def l1_pruned(ckpt: Checkpoint, width: int) -> dict[str, torch.Tensor]:
         raise ValueError("this checkpoint holds no pretrained weights for the generated tensors; retrain it")
     pruned = dict(ckpt.teacher)
     for group in ckpt.morph.family.hidden_groups(ckpt.target).values():
-        first = next(iter(group))
-        norms = ckpt.teacher[first].abs().flatten(1).sum(dim=1)  # one L1 norm per hidden channel
-        keep = norms.topk(width).indices.sort().values
-        pruned.update({n: ckpt.teacher[n].index_select(axis, keep) for n, axis in group.items()})
-    return {**ckpt.morph.fixed, **pruned}
+        first = next(iter(group))  # the tensor whose output channels the group is
+        norms = pruned[first].abs().flatten(1).sum(dim=1)  # one L1 norm per hidden channel
+        wanted = ckpt.morph.shapes(width)[first][0]  # h, or 2h for a layer twice as wide
+        keep = norms.topk(wanted).indices.sort().values
+        pruned.update({n: pruned[n].index_select(axis, keep) for n, axis in group.items()})
+    state = {**ckpt.morph.fixed, **pruned}
+    if not ckpt.target.batchnorm:
+        return state
+    model = ckpt.morph.family.generated_net(ckpt.target, width)  # the pretrained statistics, pruned: not recalibrated
+    model.load_state_dict(state)
+    return ckpt.morph.family.fold(model.eval())
 
 
 def individual(ckpt: Checkpoint, split: Split, width: int, seed: int, progress: bool = True) -> float:

@@ -71,6 +71,8 @@ def save(path: str | Path, result: TrainResult, train: TrainConfig) -> str:
         "teacher_state": {k: v.detach().cpu().contiguous() for k, v in result.teacher.items()},
         "hypernet_state": {k: v.detach().cpu().contiguous() for k, v in morph.hypernet.state_dict().items()},
     }
+    if morph.calibration is not None:
+        payload["calibration"] = morph.calibration.detach().cpu().contiguous()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     torch.save(payload, path)
     return digest(path)
@@ -94,7 +96,8 @@ def load(path: str | Path = BUNDLED, device: str | torch.device = "cpu") -> Chec
     hypernet.load_state_dict(payload["hypernet_state"])
     hypernet.to(device)
     fixed = {k: v.to(device) for k, v in payload["fixed_state"].items()}
-    morph = MorphicNet(target, hypernet, fixed, train.samples, train.coord_noise, train.seed)
+    calibration = payload.get("calibration")
+    morph = MorphicNet(target, hypernet, fixed, train.samples, train.coord_noise, train.seed, calibration)
     return Checkpoint(
         morph=morph,
         target=target,

@@ -29,6 +29,9 @@ class TargetConfig(_Serialisable):
     min_width: int = 4  # smallest width the service hands out
     generated_blocks: int = 1  # resnet20: how many of stage 3's blocks are generated, from the last
     skip_init: bool = False  # resnet20: a learnable gate on each generated residual branch (follow-up)
+    # digits_full: BatchNorm stays in the generated network (scale and shift generated), its statistics
+    # measured at each requested width on the checkpoint's calibration images, then folded for serving
+    batchnorm: bool = False
 
     def trained_widths(self) -> list[int]:
         """The widths training draws from, h_max always among them."""
@@ -44,6 +47,8 @@ class HyperNetConfig(_Serialisable):
     frequencies: int = 6  # Fourier bands; 16-32 in the paper overflow float32 (notes section 1)
     output_dim: int = 9  # one query returns a whole 3x3 kernel
     residual_init: float = 0.1
+    centred: bool = False  # positions (o + 0.5) / S0 and (i + 0.5) / S1: cell centres, the same for every width
+    sizes: bool = True  # the layer sizes S0/N, S1/N as inputs; False: one function of position for all widths
 
 
 @dataclass(frozen=True)
@@ -64,6 +69,7 @@ class TrainConfig(_Serialisable):
     norm_weight: float = 1e-4  # sum of Frobenius norms of the generated tensors
     grad_clip: float = 10.0  # value clipping, as released
     accumulation: int = 1  # batches per optimiser step; > 1: each window's first batch is at h_max
+    sandwich: bool = False  # with accumulation: the first batch at the smallest trained width, the second at h_max
     kd_weight: float = 1.0  # distillation from the pretrained h_max network (not in the paper; measured)
     kd_temperature: float = 2.0
     ema_decay: float = 0.995
@@ -79,6 +85,8 @@ class TrainConfig(_Serialisable):
 TARGET_PRESETS: dict[str, TargetConfig] = {
     "digits_cnn": TargetConfig(),
     "mlp": TargetConfig(family="mlp"),
+    # every layer generated; h = 8 (gamma 0.75) below the trained widths 10..32, as in the paper
+    "digits_full": TargetConfig(family="digits_full", train_min_width=10, min_width=8, batchnorm=True),
     # the paper's setting: layer3.2 generated, h in 32..64 trained, h = 16 (gamma 0.75) never seen
     "resnet20": TargetConfig(
         family="resnet20", max_width=64, stem_channels=64, train_min_width=32, train_stride=1, min_width=8
@@ -96,10 +104,18 @@ TRAIN_PRESETS: dict[str, TrainConfig] = {
         warm_steps=4000,
         steps=60_000,
     ),
+    # the whole-network recipe: no distillation, one clean weight set at inference
+    "digits_full": TrainConfig(kd_weight=0.0, samples=1),
 }
 
 
-def presets(family: str) -> tuple[TargetConfig, TrainConfig]:
+HYPER_PRESETS: dict[str, HyperNetConfig] = {
+    # the whole-network recipe (docs/results/experiments.md): one function of position for every width
+    "digits_full": HyperNetConfig(hidden=128, centred=True, sizes=False),
+}
+
+
+def presets(family: str) -> tuple[TargetConfig, HyperNetConfig, TrainConfig]:
     if family not in TARGET_PRESETS:
         raise ValueError(f"unknown target family {family!r}; known: {sorted(TARGET_PRESETS)}")
-    return TARGET_PRESETS[family], TRAIN_PRESETS.get(family, TrainConfig())
+    return TARGET_PRESETS[family], HYPER_PRESETS.get(family, HyperNetConfig()), TRAIN_PRESETS.get(family, TrainConfig())

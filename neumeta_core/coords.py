@@ -25,9 +25,18 @@ def raw_coordinates(shapes: Sequence[Shape], tensor: int) -> torch.Tensor:
     return torch.cat([fixed[:, :1], o.reshape(-1, 1), i.reshape(-1, 1), fixed[:, 1:]], dim=1).float()
 
 
-def normalise(raw: torch.Tensor, norm: int) -> torch.Tensor:
-    """[t, o, i, T, S0, S1] -> [t/T, o/S0, i/S1, T/N, S0/N, S1/N]."""
-    return torch.cat([raw[:, :3] / raw[:, 3:], raw[:, 3:] / norm], dim=1)
+def normalise(raw: torch.Tensor, norm: int, centred: bool = False, sizes: bool = True) -> torch.Tensor:
+    """[t, o, i, T, S0, S1] -> [t/T, o/S0, i/S1, T/N, S0/N, S1/N].
+
+    centred: positions (o + 1/2)/S0 and (i + 1/2)/S1, the centre of a channel's cell in [0, 1],
+    so every width samples one function of position at the same kind of point. Without sizes the
+    last two inputs are 0: the network cannot tell widths apart except by where it is sampled."""
+    pos = raw[:, 1:3] + 0.5 if centred else raw[:, 1:3]
+    rel = torch.cat([raw[:, :1], pos], dim=1) / raw[:, 3:]
+    size = raw[:, 3:] / norm
+    if not sizes:
+        size = torch.cat([size[:, :1], torch.zeros_like(size[:, 1:])], dim=1)
+    return torch.cat([rel, size], dim=1)
 
 
 def fourier(x: torch.Tensor, frequencies: int) -> torch.Tensor:

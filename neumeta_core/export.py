@@ -59,6 +59,23 @@ def _digits_cnn(w: Weights) -> tuple[list[onnx.NodeProto], int]:
     return nodes, int(w["fc.weight"].shape[0])
 
 
+def _digits_full(w: Weights) -> tuple[list[onnx.NodeProto], int]:
+    """conv1-relu-conv2-relu-maxpool-conv3-relu, global average pool, fc (BatchNorm folded)."""
+    nodes = [
+        _conv(INPUT, "conv1.conv", "c1"),
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        _conv("r1", "conv2.conv", "c2"),
+        helper.make_node("Relu", ["c2"], ["r2"]),
+        helper.make_node("MaxPool", ["r2"], ["p2"], kernel_shape=[2, 2], strides=[2, 2]),
+        _conv("p2", "conv3.conv", "c3"),
+        helper.make_node("Relu", ["c3"], ["r3"]),
+        helper.make_node("GlobalAveragePool", ["r3"], ["gap"]),
+        helper.make_node("Flatten", ["gap"], ["flat"], axis=1),
+        helper.make_node("Gemm", ["flat", "fc.weight", "fc.bias"], [OUTPUT], transB=1, name="fc"),
+    ]
+    return nodes, int(w["fc.weight"].shape[0])
+
+
 def _mlp(w: Weights) -> tuple[list[onnx.NodeProto], int]:
     """flatten, fc1, relu, fc2."""
     nodes = [
@@ -111,7 +128,12 @@ def _resnet20(w: Weights) -> tuple[list[onnx.NodeProto], int]:
     return nodes, int(w["fc.weight"].shape[0])
 
 
-GRAPH_WRITERS: dict[str, GraphWriter] = {"digits_cnn": _digits_cnn, "mlp": _mlp, "resnet20": _resnet20}
+GRAPH_WRITERS: dict[str, GraphWriter] = {
+    "digits_cnn": _digits_cnn,
+    "digits_full": _digits_full,
+    "mlp": _mlp,
+    "resnet20": _resnet20,
+}
 
 
 def to_onnx(

@@ -93,7 +93,7 @@ class HyperNetwork(nn.Module):
 
     def features(self, raw: torch.Tensor) -> torch.Tensor:
         """Raw coordinates (N, 6) -> normalised and Fourier-encoded network inputs (N, 6 + 12F)."""
-        return fourier(normalise(raw, self.norm), self.cfg.frequencies)
+        return fourier(normalise(raw, self.norm, self.cfg.centred, self.cfg.sizes), self.cfg.frequencies)
 
     @torch.no_grad()
     def synthesize(

@@ -35,13 +35,13 @@ class ConvBN(nn.Module):
 class Block(nn.Module):
     """relu(shortcut(x) + gate * conv2(relu(conv1(x)))); the shortcut is a 1x1 conv where the shape changes."""
 
-    def __init__(self, cin: int, width: int, cout: int, stride: int, bn: bool, gated: bool) -> None:
+    def __init__(self, cin: int, width: int, cout: int, stride: int, bn: bool, gated: bool, constant: bool) -> None:
         super().__init__()
         self.conv1 = ConvBN(cin, width, 3, stride, bn)
         self.conv2 = ConvBN(width, cout, 3, 1, bn)
         self.shortcut = ConvBN(cin, cout, 1, stride, bn) if stride != 1 or cin != cout else None
         self.gate: torch.Tensor | None
-        if gated and bn:  # pretraining: the gate is a constant 1 that folding carries over
+        if gated and constant:  # pretraining: the gate is a constant 1 that folding carries over
             self.register_buffer("gate", torch.ones(()))
         else:
             self.gate = nn.Parameter(torch.ones(())) if gated else None
@@ -66,7 +66,9 @@ def generated_blocks(cfg: TargetConfig) -> list[str]:
 
 
 class ResNet20(nn.Module):
-    def __init__(self, cfg: TargetConfig, width: int, bn: bool = False) -> None:
+    """`bn`: BatchNorm after every conv; `pretraining`: gates (if any) are constants, not parameters."""
+
+    def __init__(self, cfg: TargetConfig, width: int, bn: bool = False, pretraining: bool = False) -> None:
         super().__init__()
         morph = set(generated_blocks(cfg))
         self.conv1 = ConvBN(3, STAGES[0], 3, 1, bn)
@@ -77,7 +79,7 @@ class ResNet20(nn.Module):
                 name = f"layer{s + 1}.{b}"
                 hidden = width if name in morph else cout
                 gated = cfg.skip_init and name in morph
-                blocks.append(Block(cin, hidden, cout, 2 if b == 0 and s > 0 else 1, bn, gated))
+                blocks.append(Block(cin, hidden, cout, 2 if b == 0 and s > 0 else 1, bn, gated, pretraining))
                 cin = cout
             stages.append(nn.Sequential(*blocks))
         self.layer1, self.layer2, self.layer3 = stages
@@ -110,29 +112,42 @@ def fold(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
+def per_channel(cfg: TargetConfig, conv: str) -> list[str]:
+    """A conv's per-output-channel vectors: its bias, or with BatchNorm kept, the norm's scale and shift."""
+    return [f"{conv}.bn.weight", f"{conv}.bn.bias"] if cfg.batchnorm else [f"{conv}.conv.bias"]
+
+
 def shapes(cfg: TargetConfig, width: int) -> dict[str, tuple[int, ...]]:
     out: dict[str, tuple[int, ...]] = {}
     for name in generated_blocks(cfg):
         cin = STAGES[1] if name == "layer3.0" else STAGES[2]
         out[f"{name}.conv1.conv.weight"] = (width, cin, 3, 3)
-        out[f"{name}.conv1.conv.bias"] = (width,)
+        out.update({vec: (width,) for vec in per_channel(cfg, f"{name}.conv1")})
         out[f"{name}.conv2.conv.weight"] = (STAGES[2], width, 3, 3)
-        out[f"{name}.conv2.conv.bias"] = (STAGES[2],)
+        out.update({vec: (STAGES[2],) for vec in per_channel(cfg, f"{name}.conv2")})
     return out
 
 
-def _hidden(name: str) -> Group:
-    return {f"{name}.conv1.conv.weight": 0, f"{name}.conv1.conv.bias": 0, f"{name}.conv2.conv.weight": 1}
+def _hidden(name: str, cfg: TargetConfig | None = None) -> Group:
+    """A block's hidden channels (with BatchNorm kept, conv1's statistics follow them too)."""
+    conv1 = f"{name}.conv1"
+    stats = [f"{conv1}.bn.running_mean", f"{conv1}.bn.running_var"] if cfg is not None and cfg.batchnorm else []
+    vectors = per_channel(cfg, conv1) if cfg is not None else [f"{conv1}.conv.bias"]
+    return {**dict.fromkeys([f"{conv1}.conv.weight", *vectors, *stats], 0), f"{name}.conv2.conv.weight": 1}
 
 
 def hidden_groups(cfg: TargetConfig) -> dict[str, Group]:
-    return {f"{name}.hidden": _hidden(name) for name in generated_blocks(cfg)}
+    return {f"{name}.hidden": _hidden(name, cfg) for name in generated_blocks(cfg)}
 
 
 def channel_groups(cfg: TargetConfig) -> dict[str, Group]:
     """Every block's hidden channels, and each stage's residual stream: the conv that starts the
     stage (stem or shortcut), every conv2 writing into it, every conv reading it, and for stage 3
     the classifier's inputs. The RGB input and the classes never move."""
+    if cfg.batchnorm:
+        raise ValueError(
+            "resnet20 with BatchNorm kept permutes the generated blocks' hidden channels only (--permute hidden)"
+        )
     groups = {f"{name}.hidden": _hidden(name) for name in block_names()}
     writer = "conv1.conv"
     for s in range(len(STAGES)):

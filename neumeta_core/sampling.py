@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import torch
 from torch import nn
@@ -32,6 +33,18 @@ def unseen_widths(target: TargetConfig) -> list[int]:
     return sorted(between | below, reverse=True)
 
 
+@torch.no_grad()
+def recalibrate(model: nn.Module, images: torch.Tensor) -> nn.Module:
+    """Slimmable networks' BN calibration: every BatchNorm's running statistics set to those of
+    `images` in one batch (exact and deterministic); the model is returned in eval mode."""
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.reset_running_stats()
+            module.momentum = None  # a cumulative average: one batch gives its exact statistics
+    model.train()(images)
+    return model.eval()
+
+
 class MorphicNet:
     """A trained hypernetwork together with the fixed weights of its target family."""
 
@@ -43,7 +56,10 @@ class MorphicNet:
         samples: int = 1,
         noise: float = 1.0,
         seed: int = 0,
+        calibration: torch.Tensor | None = None,
     ) -> None:
+        if target.batchnorm and calibration is None:
+            raise ValueError("a target that keeps BatchNorm needs calibration images")
         self.target = target
         self.family = family(target.family)
         self.hypernet = hypernet.eval()
@@ -51,6 +67,7 @@ class MorphicNet:
         self.samples = samples
         self.noise = noise
         self.seed = seed
+        self.calibration = calibration  # (N, *input_shape) training images: BatchNorm statistics per width
 
     @property
     def device(self) -> torch.device:
@@ -76,7 +93,18 @@ class MorphicNet:
         return dict(zip(shapes, tensors, strict=True))
 
     def state_dict(self, width: int, precision: str = "float32") -> dict[str, torch.Tensor]:
-        return {**self.fixed, **self.generate(width, precision)}
+        """The served network's tensors at `width`: fixed and generated, and where the target keeps
+        BatchNorm, its statistics measured at this width on the calibration images, then folded."""
+        state = {**self.fixed, **self.generate(width, precision)}
+        return self.calibrate(width, state) if self.target.batchnorm else state
+
+    def calibrate(self, width: int, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The generated network with BatchNorm at `width`, recalibrated on the calibration images,
+        folded into the convolutions."""
+        assert self.calibration is not None
+        model = self.family.generated_net(self.target, width).to(self.device)
+        model.load_state_dict(state, strict=False)  # the statistics are measured below
+        return self.family.fold(recalibrate(model, self.calibration.to(self.device)))
 
     def synthesize(self, width: int) -> nn.Module:
         """A torch model of `width` with generated weights, on the hypernetwork's device."""
@@ -88,4 +116,5 @@ class MorphicNet:
     def param_count(self, width: int) -> int:
         """Fixed plus generated parameters at `width`, from shapes alone (no model is built)."""
         fixed = sum(v.numel() for v in self.fixed.values())
-        return fixed + sum(math.prod(shape) for shape in self.shapes(width).values())
+        served = replace(self.target, batchnorm=False)  # BatchNorm is folded away before serving
+        return fixed + sum(math.prod(shape) for shape in self.family.generated_shapes(served, width).values())

@@ -28,8 +28,11 @@ from neumeta_core import permute
 from neumeta_core.config import HyperNetConfig, TargetConfig, TrainConfig
 from neumeta_core.data import Split
 from neumeta_core.hypernet import HyperNetwork
-from neumeta_core.sampling import MorphicNet
-from neumeta_core.targets import family
+from neumeta_core.sampling import MorphicNet, recalibrate
+from neumeta_core.targets import Shape, family
+
+# training images kept in a checkpoint whose target keeps BatchNorm (3 MB of CIFAR images)
+CALIBRATION_IMAGES = {"digits": 512, "cifar10": 256}
 
 
 @dataclass
@@ -66,8 +69,9 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk: int = 10
 def pretrain(
     target: TargetConfig, cfg: TrainConfig, split: Split, progress: bool = True, width: int | None = None
 ) -> nn.Module:
-    """Train the target at `width` (default h_max) with a cosine schedule, then fold any BatchNorm;
-    the same recipe trains the individually trained baselines. Runs where `split` lies."""
+    """Train the target at `width` (default h_max) with a cosine schedule, then fold any BatchNorm
+    (unless the target keeps it: then the network with BatchNorm, in eval mode); the same recipe
+    trains the individually trained baselines. Runs where `split` lies."""
     fam = family(target.family)
     width = width or target.max_width
     device = split.y_train.device
@@ -91,24 +95,26 @@ def pretrain(
         loss.backward()
         opt.step()
         sched.step()
+    if target.batchnorm:
+        return model.eval()
     served = fam.build(target, width).to(device)
     served.load_state_dict(fam.fold(model.eval()))
     return served.eval()
 
 
 def resample(
-    teacher: dict[str, torch.Tensor], axes: dict[str, int], width: int, max_width: int
+    teacher: dict[str, torch.Tensor], axes: dict[str, tuple[int, ...]], shapes: dict[str, Shape]
 ) -> dict[str, torch.Tensor]:
-    """The teacher's generated tensors at `width`: the nearest channel along the (permuted)
-    hidden axis, o -> round(o * h_max / h); inputs rescaled by h_max / h to keep fan-in sums."""
-    idx = torch.clamp(torch.round(torch.arange(width) * max_width / width).long(), max=max_width - 1)
+    """The teacher's generated tensors at the sizes `shapes`: along each (permuted) width axis the
+    nearest channel, o -> round(o * N / n) for N teacher channels and n wanted; input axes (1)
+    rescaled by N / n to keep fan-in sums."""
     out = {}
     for name, tensor in teacher.items():
-        axis = axes.get(name)
-        if axis is None:
-            out[name] = tensor
-        else:
-            out[name] = tensor.index_select(axis, idx.to(tensor.device)) * (max_width / width if axis == 1 else 1.0)
+        for axis in axes.get(name, ()):
+            n, big = shapes[name][axis], tensor.shape[axis]
+            idx = torch.clamp(torch.round(torch.arange(n) * big / n).long(), max=big - 1)
+            tensor = tensor.index_select(axis, idx.to(tensor.device)) * (big / n if axis == 1 else 1.0)
+        out[name] = tensor
     return out
 
 
@@ -155,13 +161,15 @@ class HypernetTrainer:
         self.shapes = self.family.generated_shapes(target, target.max_width)
         self.names = list(self.shapes)
         self.teacher = {n: teacher[n] for n in self.names}
-        rest = {k: v for k, v in teacher.items() if k not in self.teacher}
+        self.teacher_model = self.family.generated_net(target, target.max_width).to(self.device).eval()
+        self.teacher_model.load_state_dict(teacher)
+        buffers = {name for name, _ in self.teacher_model.named_buffers()}  # BatchNorm statistics: measured
+        self.statistics = {k: v for k, v in teacher.items() if k in buffers}
+        rest = {k: v for k, v in teacher.items() if k not in self.teacher and k not in buffers}
         self.shared = nn.ParameterDict(
             {k.replace(".", "/"): nn.Parameter(v.clone()) for k, v in rest.items() if self._trained(k)}
         )
         self.fixed = {k: v for k, v in rest.items() if not self._trained(k)}
-        self.teacher_model = self.family.build(target, target.max_width).to(self.device).eval()
-        self.teacher_model.load_state_dict(teacher)
         self.hypernet = HyperNetwork(hyper, len(self.names), target.max_width).to(self.device)
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.rng = random.Random(cfg.seed)
@@ -198,8 +206,9 @@ class HypernetTrainer:
             if key in self.shared:
                 self.shared[key].data.fill_(self.cfg.gate_init)
         self.active = active
-        self.models = {h: self.family.build(self.stage, h).to(self.device) for h in self.widths}
-        self.keys = {h: list(m.state_dict()) for h, m in self.models.items()}  # what _state hands each model
+        self.models = {h: self.family.generated_net(self.stage, h).to(self.device) for h in self.widths}
+        # what _state hands each model: its parameters (BatchNorm uses batch statistics in training)
+        self.keys = {h: [name for name, _ in m.named_parameters()] for h, m in self.models.items()}
 
     def _generate(self, width: int, noise: bool = True) -> dict[str, torch.Tensor]:
         shapes = list(self.family.generated_shapes(self.target, width).values())
@@ -219,7 +228,7 @@ class HypernetTrainer:
         bar = tqdm(range(self.cfg.warm_steps), desc="warm start", disable=not progress, mininterval=1.0)
         for _ in bar:
             width = self.rng.choice(self.widths)
-            goal = resample(self.teacher, self.axes, width, self.target.max_width)
+            goal = resample(self.teacher, self.axes, self.family.generated_shapes(self.target, width))
             pred = self._generate(width)
             loss = sum((_relative_mse(pred[n], goal[n]) for n in pred), torch.zeros(())) / len(pred)
             opt.zero_grad()
@@ -230,8 +239,12 @@ class HypernetTrainer:
         return loss.item()
 
     def _width(self, micro: int) -> int:
-        """Uniform over the trained widths; with accumulation, the window's first batch is h_max."""
-        if self.cfg.accumulation > 1 and micro == 0:
+        """Uniform over the trained widths; with accumulation, the window's first batch is h_max, or
+        with `sandwich` the smallest trained width (and the second h_max, with three or more)."""
+        cfg = self.cfg
+        if cfg.sandwich and micro < 2 and micro < cfg.accumulation - 1:
+            return (min(self.widths), self.target.max_width)[micro]
+        if cfg.accumulation > 1 and micro == 0:
             return self.target.max_width
         return self.rng.choice(self.widths)
 
@@ -298,7 +311,7 @@ def train(
     teacher = pretrain(target, cfg, split, progress)
     teacher_acc = accuracy(teacher, split.x_test, split.y_test)
     fam = family(target.family)
-    groups = {"all": fam.channel_groups(target), "hidden": fam.hidden_groups(target), "none": {}}[cfg.permute]
+    groups = {"all": fam.channel_groups, "hidden": fam.hidden_groups, "none": lambda _: {}}[cfg.permute](target)
     smoothing = permute.smooth(teacher.state_dict(), groups)
     trainer = HypernetTrainer(target, hyper, cfg, smoothing.state, device)
     warm_losses, stage_accuracy = [], []
@@ -312,9 +325,14 @@ def train(
             stage_model = trainer.models[target.max_width]
             with torch.no_grad():
                 full = trainer._generate(target.max_width, noise=False)
-            stage_model.load_state_dict(trainer._state(full, target.max_width))
+            stage_model.load_state_dict(trainer._state(full, target.max_width), strict=not target.batchnorm)
+            if target.batchnorm:
+                recalibrate(stage_model, split.x_train[: CALIBRATION_IMAGES[fam.dataset]])
             stage_accuracy.append(accuracy(stage_model, split.x_test, split.y_test))
-    morph = MorphicNet(target, trainer.hypernet, trainer.final_fixed(), cfg.samples, cfg.coord_noise, cfg.seed)
+    calibration = split.x_train[: CALIBRATION_IMAGES[fam.dataset]].clone() if target.batchnorm else None
+    morph = MorphicNet(
+        target, trainer.hypernet, trainer.final_fixed(), cfg.samples, cfg.coord_noise, cfg.seed, calibration
+    )
     table = {h: accuracy(morph.synthesize(h), split.x_test, split.y_test) for h in evaluation_widths(target)}
     meta = {
         "teacher_accuracy": teacher_acc,
@@ -325,7 +343,7 @@ def train(
         "torch": str(torch.__version__),
     }
     shared_before = {k: v for k, v in smoothing.state.items() if k in morph.fixed and trainer._trained(k)}
-    teacher_tensors = {**trainer.teacher, **shared_before}  # what L1 pruning starts from
+    teacher_tensors = {**trainer.teacher, **shared_before, **trainer.statistics}  # what L1 pruning starts from
     return TrainResult(morph, smoothing.orders, teacher_tensors, teacher_acc, table, meta)
 
 

@@ -14,18 +14,20 @@ import httpx
 import torch
 
 from neumeta_core import checkpoint, data, export
-from neumeta_core.config import HyperNetConfig, TargetConfig, presets
+from neumeta_core.config import presets
 from neumeta_core.sampling import ratio_for, unseen_widths, width_for
 from neumeta_core.targets import FAMILIES, family
 
 RATIOS = (0.0, 0.25, 0.5, 0.75)
+DEFAULT_FAMILY = "digits_full"  # what the bundled checkpoint is
 GRID = (0.0, 0.125, 0.25, 0.375, 0.5, 0.625, 0.75)
 
 
-TARGET_FLAGS = ("train_stride", "generated_blocks", "skip_init")
+TARGET_FLAGS = ("train_stride", "train_min_width", "generated_blocks", "skip_init", "batchnorm")
+HYPER_FLAGS = ("hidden", "frequencies", "centred", "sizes")
 TRAIN_FLAGS = (
     "seed", "batch_size", "pretrain_epochs", "warm_steps", "steps", "warm_lr", "lr", "samples", "permute",
-    "accumulation", "kd_weight", "fc_lr", "gate_init",
+    "accumulation", "kd_weight", "fc_lr", "gate_init", "sandwich",
 )  # fmt: skip
 
 
@@ -33,7 +35,7 @@ def _train(args: argparse.Namespace) -> int:
     from neumeta_core.train import train  # heavy imports only where needed
 
     torch.set_num_threads(args.threads)
-    target, cfg = presets(args.target)
+    target, hyper, cfg = presets(args.target)
     target = replace(target, **{k: getattr(args, k) for k in TARGET_FLAGS if getattr(args, k) is not None})
     overrides = {k: getattr(args, k) for k in TRAIN_FLAGS if getattr(args, k) is not None}
     if args.noise is not None:
@@ -42,7 +44,8 @@ def _train(args: argparse.Namespace) -> int:
     split = data.for_family(family(args.target).dataset, args.data_dir)
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     print(f"training {target.family} on {device}", file=sys.stderr)
-    result = train(target, HyperNetConfig(hidden=args.hidden), cfg, split, device=device)
+    hyper = replace(hyper, **{k: getattr(args, k) for k in HYPER_FLAGS if getattr(args, k) is not None})
+    result = train(target, hyper, cfg, split, device=device)
     digest = checkpoint.save(args.out, result, cfg)
     print(f"teacher accuracy {result.teacher_accuracy:.2f}%  ({result.metadata['train_seconds']} s)")
     for width, acc in result.accuracy.items():
@@ -210,7 +213,7 @@ def parser() -> argparse.ArgumentParser:
         help="pretrain a target and train its hypernetwork",
         description="Defaults come from the family's preset (neumeta_core/config.py); each flag overrides one field.",
     )
-    t.add_argument("--target", choices=sorted(FAMILIES), default=TargetConfig().family, help="target family")
+    t.add_argument("--target", choices=sorted(FAMILIES), default=DEFAULT_FAMILY, help="target family")
     t.add_argument("--data-dir", type=Path, help="CIFAR-10 python batches (resnet20)")
     t.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: CUDA when available")
     t.add_argument("--out", type=Path, default=Path("neumeta-checkpoint.pt"))
@@ -221,15 +224,27 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--steps", type=int, help="task-training steps per generated block")
     t.add_argument("--warm-lr", type=float)
     t.add_argument("--lr", type=float, help="task-training learning rate")
-    t.add_argument("--hidden", type=int, default=HyperNetConfig().hidden, help="hypernetwork MLP width")
+    t.add_argument("--hidden", type=int, help="hypernetwork MLP width (default: the family's preset)")
+    t.add_argument("--frequencies", type=int, help="Fourier bands of the coordinate encoding")
+    t.add_argument("--centred", action=argparse.BooleanOptionalAction, help="positions at channel cell centres")
+    t.add_argument("--sizes", action=argparse.BooleanOptionalAction, help="layer sizes as hypernetwork inputs")
     t.add_argument("--noise", type=float, help="coordinate noise width (1.0 = +-0.5; 0 = none)")
     t.add_argument("--samples", type=int, help="K weight sets averaged at inference")
     t.add_argument("--permute", choices=["all", "hidden", "none"], help="channel groups smoothed")
     t.add_argument("--accumulation", type=int, help="batches per step (h_max first)")
+    t.add_argument(
+        "--sandwich",
+        action=argparse.BooleanOptionalAction,
+        help="with --accumulation: smallest width first, then h_max",
+    )
     t.add_argument("--kd-weight", type=float, help="distillation from the teacher (0 = none)")
     t.add_argument("--train-stride", type=int, help="train on every n-th width only")
+    t.add_argument("--train-min-width", type=int, help="smallest width training draws")
     t.add_argument("--generated-blocks", type=int, help="resnet20: blocks of stage 3 generated (1 or 3)")
     t.add_argument("--skip-init", action="store_true", default=None, help="resnet20: SkipInit gates")
+    t.add_argument(
+        "--batchnorm", action=argparse.BooleanOptionalAction, help="digits_full: BatchNorm kept, recalibrated per width"
+    )
     t.add_argument("--fc-lr", type=float, help="train the classifier too, at this learning rate")
     t.add_argument("--gate-init", type=float, help="SkipInit gate of a newly added block")
     t.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest for this small model)")

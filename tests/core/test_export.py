@@ -9,7 +9,7 @@ from neumeta_core.targets import digits_cnn, family
 
 
 @pytest.mark.parametrize("width", [1, 7, 32, 40])
-@pytest.mark.parametrize("name", ["digits_cnn", "mlp"])
+@pytest.mark.parametrize("name", ["digits_cnn", "digits_full", "mlp"])
 def test_onnx_matches_torch(width, name):
     torch.manual_seed(width)
     model = family(name).build(TargetConfig(family=name), width).eval()

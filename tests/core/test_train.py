@@ -10,10 +10,19 @@ from tests.core.conftest import TINY_NET, TINY_TARGET, TINY_TRAIN
 
 def test_resample_picks_nearest_channels_and_rescales_inputs():
     teacher = {"a": torch.arange(8.0)[:, None], "b": torch.ones(3, 8), "c": torch.ones(3)}
-    out = train.resample(teacher, {"a": 0, "b": 1}, width=4, max_width=8)
+    out = train.resample(teacher, {"a": (0,), "b": (1,)}, {"a": (4, 1), "b": (3, 4), "c": (3,)})
     assert out["a"].flatten().tolist() == [0.0, 2.0, 4.0, 6.0]
     assert torch.equal(out["b"], torch.full((3, 4), 2.0))  # 4 inputs instead of 8: twice the weight
     assert out["c"] is teacher["c"]
+
+
+def test_resample_follows_both_axes_of_a_hidden_layer_and_each_axis_size():
+    """A hidden conv follows the width on both axes; a layer twice as wide keeps twice the channels."""
+    w = torch.arange(16.0).reshape(4, 4)  # (out, in), rows 0..3, columns 0..3
+    wide = torch.arange(8.0)[:, None].expand(8, 4)
+    out = train.resample({"w": w, "wide": wide}, {"w": (0, 1), "wide": (0, 1)}, {"w": (2, 2), "wide": (4, 2)})
+    assert out["w"].tolist() == [[0.0, 4.0], [16.0, 20.0]]  # rows 0, 2 and columns 0, 2, inputs doubled
+    assert out["wide"][:, 0].tolist() == [0.0, 4.0, 8.0, 12.0]  # 4 of 8 rows: 0, 2, 4, 6, doubled
 
 
 def test_checkpoint_round_trip(tiny):
@@ -34,8 +43,8 @@ def test_warm_start_fits_the_resampled_teacher():
     teacher = train.family(TINY_TARGET.family).build(TINY_TARGET, TINY_TARGET.max_width)
 
     def error(trainer, width=6):
-        goal = train.resample(trainer.teacher, trainer.axes, width, TINY_TARGET.max_width)
         shapes = trainer.family.generated_shapes(TINY_TARGET, width)
+        goal = train.resample(trainer.teacher, trainer.axes, shapes)
         with torch.no_grad():
             pred = trainer.hypernet(list(shapes.values()))
         return sum(float(train._relative_mse(p, goal[n])) for p, n in zip(pred, shapes, strict=True))
