@@ -18,6 +18,7 @@ import shlex
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -31,9 +32,11 @@ WIDTHS = (32, 28, 27, 24, 20, 16, 13, 12, 10, 8, 6, 4)
 HEADLINE = (32, 24, 16, 8)  # gamma = 0, 0.25, 0.5, 0.75
 
 
-def evaluate(path: Path, samples: int | None = None) -> dict[int, float]:
+def evaluate(path: Path, samples: int | None = None, lattice: bool | None = None) -> dict[int, float]:
     ckpt = checkpoint.load(path)
     ckpt.morph.samples = samples or ckpt.morph.samples
+    ckpt.morph.lattice = ckpt.morph.lattice if lattice is None else lattice
+    ckpt.morph.target = replace(ckpt.target, min_width=min(WIDTHS))  # measure below the served range too
     split = data.for_family(ckpt.morph.family.dataset, None)
     return {h: accuracy(ckpt.morph.synthesize(h), split.x_test, split.y_test) for h in WIDTHS}
 
@@ -54,20 +57,22 @@ def main() -> int:
     parser.add_argument("--change", required=True, help="what this run changes, in words")
     parser.add_argument("--checkpoint", type=Path, help="evaluate this earlier run's checkpoint again, no training")
     parser.add_argument("--samples", type=int, help="with --checkpoint: K at inference")
+    parser.add_argument("--lattice", action="store_true", default=None, help="with --checkpoint: K on a lattice")
     parser.add_argument("flags", nargs=argparse.REMAINDER, help="-- then the flags for neumeta train")
     args = parser.parse_args()
     flags = [f for f in args.flags if f != "--"]
     started = time.time()
     if args.checkpoint:  # a re-evaluation at another K: no training time
         out, returncode = args.checkpoint, 0
-        command = f"`bench/experiment.py --checkpoint {args.checkpoint} --samples {args.samples}`"
+        lattice = " --lattice" if args.lattice else ""
+        command = f"`bench/experiment.py --checkpoint {args.checkpoint} --samples {args.samples}{lattice}`"
     else:
         command = "`neumeta train " + " ".join(shlex.quote(f) for f in flags) + "`"
         out = ROOT / "runs" / f"run{args.run}.pt"
         out.parent.mkdir(exist_ok=True)
         argv = [sys.executable, "-m", "service.cli", "train", *flags, "--out", str(out)]
         returncode = subprocess.run(argv, cwd=ROOT, check=False).returncode
-    acc = evaluate(out, args.samples) if returncode == 0 else None
+    acc = evaluate(out, args.samples, args.lattice) if returncode == 0 else None
     seconds = time.time() - started
     trained = "n/a"
     if acc is not None:

@@ -54,6 +54,7 @@ def compare(
     trained (mean over `seeds`, none: skipped) and L1-pruned accuracy, parameter count, and
     whether training saw the width."""
     t, morph = ckpt.target, ckpt.morph
+    morph.target = replace(t, min_width=min(t.min_width, *widths))  # measure below the served widths too
     default_k = morph.samples
     rows = []
     for width in widths:
@@ -62,6 +63,7 @@ def compare(
             "ratio": ratio_for(width, t.max_width),
             "params": morph.param_count(width),
             "seen_in_training": width in t.trained_widths(),
+            "served": t.min_width <= width <= t.max_width,
         }
         for k in samples:
             morph.samples = k

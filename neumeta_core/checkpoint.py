@@ -21,7 +21,8 @@ from neumeta_core.targets import family
 from neumeta_core.train import TrainResult
 
 FORMAT = "neumeta-checkpoint/1"
-BUNDLED = Path(__file__).parent / "checkpoints" / "digits_cnn.pt"
+BUNDLED = Path(__file__).parent / "checkpoints" / "digits_full.pt"  # every layer generated: the default model
+BLOCK = Path(__file__).parent / "checkpoints" / "digits_cnn.pt"  # the earlier bundle: only the residual block
 
 
 @dataclass(frozen=True)
@@ -97,7 +98,8 @@ def load(path: str | Path = BUNDLED, device: str | torch.device = "cpu") -> Chec
     hypernet.to(device)
     fixed = {k: v.to(device) for k, v in payload["fixed_state"].items()}
     calibration = payload.get("calibration")
-    morph = MorphicNet(target, hypernet, fixed, train.samples, train.coord_noise, train.seed, calibration)
+    lattice = train.quadrature == "lattice"
+    morph = MorphicNet(target, hypernet, fixed, train.samples, train.coord_noise, train.seed, calibration, lattice)
     return Checkpoint(
         morph=morph,
         target=target,

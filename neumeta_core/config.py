@@ -65,6 +65,7 @@ class TrainConfig(_Serialisable):
     lr: float = 5e-4
     weight_decay: float = 1e-2
     coord_noise: float = 1.0  # uniform noise of width 1: +-0.5 index units (notes section 3)
+    noise_inverse: bool = False  # training noise coord_noise * h_min / h: full at the smallest trained width
     recon_weight: float = 1.0  # magnitude-weighted MSE to the teacher, at full width only
     norm_weight: float = 1e-4  # sum of Frobenius norms of the generated tensors
     grad_clip: float = 10.0  # value clipping, as released
@@ -75,6 +76,9 @@ class TrainConfig(_Serialisable):
     ema_decay: float = 0.995
     permute: Literal["all", "hidden", "none"] = "hidden"  # channel groups smoothed; see docs/training.md
     samples: int = 5  # K: weight sets averaged at inference (one clean, K - 1 noisy)
+    # where the K sets lie: "random" (one clean, K - 1 with noise from a fixed seed, as released) or
+    # "lattice" (a rank-1 lattice over each weight's noise cell: a deterministic quadrature)
+    quadrature: Literal["random", "lattice"] = "random"
     incremental: bool = True  # several generated blocks: add them one at a time, from the last (follow-up)
     fc_lr: float = 0.0  # > 0: the classifier is trained too, shared by all widths (follow-up: 7e-5)
     gate_lr: float = 1e-4  # SkipInit gates (targets with skip_init), shared by all widths
@@ -104,8 +108,8 @@ TRAIN_PRESETS: dict[str, TrainConfig] = {
         warm_steps=4000,
         steps=60_000,
     ),
-    # the whole-network recipe: no distillation, one clean weight set at inference
-    "digits_full": TrainConfig(kd_weight=0.0, samples=1),
+    # the whole-network recipe: no distillation, task lr 1e-3, K = 4 weight sets on a lattice at inference
+    "digits_full": TrainConfig(lr=1e-3, kd_weight=0.0, samples=4, quadrature="lattice"),
 }
 
 

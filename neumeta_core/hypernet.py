@@ -50,6 +50,7 @@ class HyperNetwork(nn.Module):
         noise: float = 0.0,
         generator: torch.Generator | None = None,
         tensors: Sequence[int] | None = None,
+        lattice: bool = False,
     ) -> list[torch.Tensor]:
         """Generated tensors in `shapes` order (or those numbered in `tensors`), each the mean of
         `samples` weight sets.
@@ -61,7 +62,7 @@ class HyperNetwork(nn.Module):
         self._check(shapes)
         out = []
         for t in range(len(shapes)) if tensors is None else tensors:
-            x = self.encode(shapes, t, samples, noise, generator)
+            x = self.encode(shapes, t, samples, noise, generator, lattice)
             out.append(self.assemble(self.mlps[t](x), shapes[t], samples))
         return out
 
@@ -70,20 +71,37 @@ class HyperNetwork(nn.Module):
             raise ValueError(f"{len(shapes)} shapes for a hypernetwork of {len(self.mlps)} tensors")
 
     def encode(
-        self, shapes: Sequence[Shape], t: int, samples: int, noise: float, generator: torch.Generator | None
+        self,
+        shapes: Sequence[Shape],
+        t: int,
+        samples: int,
+        noise: float,
+        generator: torch.Generator | None,
+        lattice: bool = False,
     ) -> torch.Tensor:
         """(K*Q, 6 + 12F) network inputs of tensor `t`: K copies of its coordinates, all but the first
         jittered, normalised and Fourier-encoded, on the hypernetwork's device."""
-        raw = self.coordinates(shapes, t, samples, noise, generator)
+        raw = self.coordinates(shapes, t, samples, noise, generator, lattice)
         return self.features(raw.to(next(self.parameters()).device))
 
     @staticmethod
     def coordinates(
-        shapes: Sequence[Shape], t: int, samples: int, noise: float, generator: torch.Generator | None
+        shapes: Sequence[Shape],
+        t: int,
+        samples: int,
+        noise: float,
+        generator: torch.Generator | None,
+        lattice: bool = False,
     ) -> torch.Tensor:
-        """(K*Q, 6) raw coordinates of tensor `t` on the CPU, K copies, all but the first jittered."""
+        """(K*Q, 6) raw coordinates of tensor `t` on the CPU, K copies, all but the first jittered; with
+        `lattice` (K > 1), copy k is offset in (o, i) by the k-th point of a rank-1 lattice over the
+        noise cell instead: a deterministic quadrature of the cell, no clean copy, no random draws."""
         raw = raw_coordinates(shapes, t)  # (Q, 6)
         reps = raw.expand(samples, *raw.shape)  # (K, Q, 6)
+        if lattice and noise > 0 and samples > 1:
+            offsets = torch.zeros(samples, 1, 6)
+            offsets[:, 0, 1:3] = lattice_points(samples) * noise
+            return (reps + offsets).reshape(-1, 6)
         if noise > 0:
             jitter = (torch.rand(reps.shape, generator=generator) - 0.5) * noise
             if samples > 1:
@@ -103,6 +121,7 @@ class HyperNetwork(nn.Module):
         noise: float = 0.0,
         generator: torch.Generator | None = None,
         precision: str = "float32",
+        lattice: bool = False,
     ) -> list[torch.Tensor]:
         """What forward() returns for every tensor, evaluated in groups: tensors with the same number
         of queries (conv_a and conv_b's weights, their biases) run their MLPs together as batched
@@ -115,7 +134,7 @@ class HyperNetwork(nn.Module):
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
         device = next(self.parameters()).device
-        raw = [self.coordinates(shapes, t, samples, noise, generator) for t in range(len(shapes))]  # noise in order
+        raw = [self.coordinates(shapes, t, samples, noise, generator, lattice) for t in range(len(shapes))]
         flat = torch.cat(raw)
         flat = flat.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else flat.to(device)
         x_all = self.features(flat)
@@ -165,6 +184,16 @@ class HyperNetwork(nn.Module):
         per_query = 2 * (p * h + (self.cfg.layers - 1) * h * h + h * o)
         queries = sum(shape[0] * (shape[1] if len(shape) > 1 else 1) for shape in shapes)
         return per_query * queries * samples
+
+
+def lattice_points(k: int) -> torch.Tensor:
+    """(k, 2) points of a Fibonacci-like rank-1 lattice in [-1/2, 1/2)^2: ((j + 1/2)/k, frac((j g + 1/2)/k))
+    - 1/2 with g the integer nearest k/phi that is coprime with k. Evenly spread in both directions."""
+    g = max(1, round(k / ((1 + 5**0.5) / 2)))
+    while math.gcd(g, k) != 1:
+        g += 1
+    j = torch.arange(k, dtype=torch.float32)
+    return torch.stack([(j + 0.5) / k, torch.frac((j * g + 0.5) / k)], dim=1) - 0.5
 
 
 def _to_tensor(y: torch.Tensor, shape: Shape) -> torch.Tensor:

@@ -38,7 +38,8 @@ def total_variation(features: torch.Tensor) -> float:
 
 def shortest_path(dist: torch.Tensor, seconds: float = 1.0) -> list[int]:
     """Short open Hamiltonian path: a TSP tour through a dummy city at distance 0 from all,
-    cut open at the dummy (fast-tsp; exact for up to 20 cities, local search beyond)."""
+    cut open at the dummy (fast-tsp; exact for up to 20 cities, local search beyond), starting
+    from the end with the lower channel index."""
     n = dist.shape[0]
     if n <= 2:
         return list(range(n))
@@ -47,7 +48,10 @@ def shortest_path(dist: torch.Tensor, seconds: float = 1.0) -> list[int]:
     full[1:, 1:] = scaled
     tour = fast_tsp.find_tour(full.tolist(), duration_seconds=seconds)
     start = tour.index(0)
-    return [c - 1 for c in tour[start + 1 :] + tour[:start]]
+    path = [c - 1 for c in tour[start + 1 :] + tour[:start]]
+    # a path and its reverse are equally short, and the search returns either: fix the direction
+    # (the lower channel first), or the same teacher gives different permutations run to run
+    return path if path[0] < path[-1] else path[::-1]
 
 
 def apply_order(tensors: dict[str, torch.Tensor], group: Group, order: list[int]) -> dict[str, torch.Tensor]:

@@ -25,7 +25,9 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         "|---" * (4 + len(cols)) + "|",
     ]
     for r in rows:
-        cells = [f"{r['ratio']:.3f}", str(r["width"]), f"{r['params']:,}", "yes" if r["seen_in_training"] else "**no**"]
+        seen = "yes" if r["seen_in_training"] else "**no**"
+        width = str(r["width"]) if r.get("served", True) else f"{r['width']} (not served)"
+        cells = [f"{r['ratio']:.3f}", width, f"{r['params']:,}", seen]
         lines.append("| " + " | ".join(cells + [_cell(r, c) for c in cols]) + " |")
     return "\n".join(lines) + "\n"
 

@@ -57,6 +57,7 @@ class MorphicNet:
         noise: float = 1.0,
         seed: int = 0,
         calibration: torch.Tensor | None = None,
+        lattice: bool = False,
     ) -> None:
         if target.batchnorm and calibration is None:
             raise ValueError("a target that keeps BatchNorm needs calibration images")
@@ -67,6 +68,7 @@ class MorphicNet:
         self.samples = samples
         self.noise = noise
         self.seed = seed
+        self.lattice = lattice  # the K weight sets on a lattice over each weight's noise cell (not random)
         self.calibration = calibration  # (N, *input_shape) training images: BatchNorm statistics per width
 
     @property
@@ -89,7 +91,7 @@ class MorphicNet:
         shapes = self.shapes(width)
         gen = torch.Generator().manual_seed(self.seed)
         noise = self.noise if self.samples > 1 else 0.0
-        tensors = self.hypernet.synthesize(list(shapes.values()), self.samples, noise, gen, precision)
+        tensors = self.hypernet.synthesize(list(shapes.values()), self.samples, noise, gen, precision, self.lattice)
         return dict(zip(shapes, tensors, strict=True))
 
     def state_dict(self, width: int, precision: str = "float32") -> dict[str, torch.Tensor]:

@@ -212,8 +212,15 @@ class HypernetTrainer:
 
     def _generate(self, width: int, noise: bool = True) -> dict[str, torch.Tensor]:
         shapes = list(self.family.generated_shapes(self.target, width).values())
-        tensors = self.hypernet(shapes, 1, self.cfg.coord_noise if noise else 0.0, self.gen, tensors=self.active)
+        tensors = self.hypernet(shapes, 1, self.noise(width) if noise else 0.0, self.gen, tensors=self.active)
         return {self.names[t]: w for t, w in zip(self.active, tensors, strict=True)}
+
+    def noise(self, width: int) -> float:
+        """Coordinate noise at `width`, in channel-index units: constant, or with `noise_inverse` the
+        configured width at the smallest trained width, shrinking as 1/h above it (the same absolute
+        jitter in normalised position, so wide networks keep their fine detail)."""
+        scale = min(self.widths) / width if self.cfg.noise_inverse else 1.0
+        return self.cfg.coord_noise * scale
 
     def _state(self, weights: dict[str, torch.Tensor], width: int) -> dict[str, torch.Tensor]:
         """Every tensor the stage's model at `width` needs: generated, teacher, shared, fixed."""
@@ -331,7 +338,14 @@ def train(
             stage_accuracy.append(accuracy(stage_model, split.x_test, split.y_test))
     calibration = split.x_train[: CALIBRATION_IMAGES[fam.dataset]].clone() if target.batchnorm else None
     morph = MorphicNet(
-        target, trainer.hypernet, trainer.final_fixed(), cfg.samples, cfg.coord_noise, cfg.seed, calibration
+        target,
+        trainer.hypernet,
+        trainer.final_fixed(),
+        cfg.samples,
+        cfg.coord_noise,
+        cfg.seed,
+        calibration,
+        lattice=cfg.quadrature == "lattice",
     )
     table = {h: accuracy(morph.synthesize(h), split.x_test, split.y_test) for h in evaluation_widths(target)}
     meta = {

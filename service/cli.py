@@ -27,7 +27,7 @@ TARGET_FLAGS = ("train_stride", "train_min_width", "generated_blocks", "skip_ini
 HYPER_FLAGS = ("hidden", "frequencies", "centred", "sizes")
 TRAIN_FLAGS = (
     "seed", "batch_size", "pretrain_epochs", "warm_steps", "steps", "warm_lr", "lr", "samples", "permute",
-    "accumulation", "kd_weight", "fc_lr", "gate_init", "sandwich",
+    "accumulation", "kd_weight", "fc_lr", "gate_init", "sandwich", "noise_inverse", "recon_weight", "quadrature",
 )  # fmt: skip
 
 
@@ -229,7 +229,11 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--centred", action=argparse.BooleanOptionalAction, help="positions at channel cell centres")
     t.add_argument("--sizes", action=argparse.BooleanOptionalAction, help="layer sizes as hypernetwork inputs")
     t.add_argument("--noise", type=float, help="coordinate noise width (1.0 = +-0.5; 0 = none)")
+    t.add_argument(
+        "--noise-inverse", action=argparse.BooleanOptionalAction, help="training noise shrinks as 1/h above h_min"
+    )
     t.add_argument("--samples", type=int, help="K weight sets averaged at inference")
+    t.add_argument("--quadrature", choices=["random", "lattice"], help="where the K weight sets lie")
     t.add_argument("--permute", choices=["all", "hidden", "none"], help="channel groups smoothed")
     t.add_argument("--accumulation", type=int, help="batches per step (h_max first)")
     t.add_argument(
@@ -238,6 +242,7 @@ def parser() -> argparse.ArgumentParser:
         help="with --accumulation: smallest width first, then h_max",
     )
     t.add_argument("--kd-weight", type=float, help="distillation from the teacher (0 = none)")
+    t.add_argument("--recon-weight", type=float, help="reconstruction of the teacher at h_max (0 = none)")
     t.add_argument("--train-stride", type=int, help="train on every n-th width only")
     t.add_argument("--train-min-width", type=int, help="smallest width training draws")
     t.add_argument("--generated-blocks", type=int, help="resnet20: blocks of stage 3 generated (1 or 3)")

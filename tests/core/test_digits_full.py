@@ -80,3 +80,9 @@ def test_l1_pruning_prunes_every_layer_consistently(trained, split):
     teacher = family("digits_full").build(trained.target, trained.target.max_width)
     teacher.load_state_dict(full)
     assert train.accuracy(teacher, split.x_test, split.y_test) == pytest.approx(trained.metadata["teacher_accuracy"])
+
+
+def test_the_earlier_block_only_bundle_is_still_shipped(split):
+    block = checkpoint.load(checkpoint.BLOCK)
+    assert block.target.family == "digits_cnn" and block.generated_tensors()[0] == "block.conv_a.weight"
+    assert train.accuracy(block.morph.synthesize(16), split.x_test, split.y_test) == pytest.approx(block.accuracy[16])

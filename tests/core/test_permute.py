@@ -38,3 +38,13 @@ def test_shortest_path_recovers_points_on_a_line(n):
     walked = positions[order, 0].tolist()
     assert sorted(order) == list(range(n))
     assert walked in (sorted(walked), sorted(walked, reverse=True))
+
+
+def test_shortest_path_has_one_direction():
+    """A path and its reverse are equally short; the search may return either, the result may not."""
+    torch.manual_seed(0)
+    x = torch.randn(40, 16)
+    dist = torch.cdist(x, x, p=1)
+    paths = [permute.shortest_path(dist, seconds=s) for s in (0.2, 0.5)]
+    assert paths[0] == paths[1] and paths[0][0] < paths[0][-1]
+    assert sorted(paths[0]) == list(range(40))

@@ -125,8 +125,16 @@ def cifar_dir(tmp_path_factory):
 FAST = ["--pretrain-epochs", "1", "--warm-steps", "3", "--steps", "3", "--batch-size", "16", "--hidden", "32"]
 
 
+STAGE3_FLAGS = ["--generated-blocks", "3", "--skip-init", "--fc-lr", "7e-5"]
+# the whole-network recipe of digits_full (docs/results/experiments.md) on all of stage 3
+RECIPE_FLAGS = [
+    *("--batchnorm", "--centred", "--no-sizes", "--noise", "1", "--kd-weight", "0", "--lr", "1e-3"),
+    *("--samples", "4", "--quadrature", "lattice"),
+]
+
+
 @pytest.mark.parametrize(
-    "flags", [[], ["--generated-blocks", "3", "--skip-init", "--fc-lr", "7e-5"]], ids=["layer3.2", "stage3"]
+    "flags", [[], STAGE3_FLAGS, STAGE3_FLAGS + RECIPE_FLAGS], ids=["layer3.2", "stage3", "stage3-whole-recipe"]
 )
 def test_train_and_eval_end_to_end_on_cifar_format_data(cifar_dir, tmp_path, capsys, flags):
     out = tmp_path / "resnet20.pt"
@@ -134,7 +142,11 @@ def test_train_and_eval_end_to_end_on_cifar_format_data(cifar_dir, tmp_path, cap
     assert main([*argv, *flags]) == 0
     ckpt = checkpoint.load(out)
     blocks = 3 if flags else 1
-    assert ckpt.target.generated_blocks == blocks and len(ckpt.generated_tensors()) == 4 * blocks
+    per_block = 6 if "--batchnorm" in flags else 4  # BatchNorm kept: scale and shift instead of a bias
+    assert ckpt.target.generated_blocks == blocks and len(ckpt.generated_tensors()) == per_block * blocks
+    if "--batchnorm" in flags:
+        assert ckpt.morph.calibration is not None and ckpt.morph.calibration.shape[1:] == (3, 32, 32)
+        assert not ckpt.hypernet.sizes and ckpt.hypernet.centred and ckpt.morph.lattice and ckpt.morph.samples == 4
     if flags:
         assert len(ckpt.metadata["stage_accuracy_full_width"]) == 3  # one stage per block
         assert {f"layer3.{b}.gate" for b in range(3)} <= set(ckpt.morph.fixed)

@@ -27,7 +27,7 @@ def test_synthesis_is_deterministic(bundled):
 
 def test_synthesized_model_has_requested_width(bundled):
     model = bundled.morph.synthesize(12)
-    assert model.block.conv_a.weight.shape == (12, 32, 3, 3)
+    assert model.conv2.conv.weight.shape == (12, 12, 3, 3) and model.conv3.conv.weight.shape == (24, 12, 3, 3)
     assert bundled.morph.param_count(12) == sum(p.numel() for p in model.parameters())
     with pytest.raises(ValueError, match="outside the supported range"):
         bundled.morph.synthesize(bundled.target.max_width + 1)
@@ -37,8 +37,9 @@ def test_synthesized_model_has_requested_width(bundled):
     "argv, says",
     [
         (["--ratio", "2"], "ratio 2.0 leaves no channels: the ratio must be below 1"),
-        (["--ratio", "0.95"], "width 2 is outside the supported range 4..32"),
-        (["--width", "40"], "width 40 is outside the supported range 4..32"),
+        (["--ratio", "0.95"], "width 2 is outside the supported range 8..32"),
+        (["--ratio", "0.8"], "width 6 is outside the supported range 8..32"),  # below what is served well
+        (["--width", "40"], "width 40 is outside the supported range 8..32"),
     ],
 )
 def test_sample_with_a_size_out_of_range_is_one_line_and_status_2(argv, says, tmp_path, capsys):

@@ -14,7 +14,7 @@ from service.config import Settings
 from service.main import create_app
 from tests.service.conftest import metric
 
-RANGE_HINT = "ratio must be a number in [0, 0.875]"
+RANGE_HINT = "ratio must be a number in [0, 0.75]"
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +32,7 @@ def test_post_models_returns_a_runnable_onnx_of_the_right_width(client, split):
     assert r.headers["location"] == f"/models/{sha}"
     assert r.headers["x-neumeta-width"] == "24"
     assert r.headers["x-neumeta-ratio"] == "0.25"
-    assert 'filename="digits_cnn-w24.onnx"' in r.headers["content-disposition"]
+    assert 'filename="digits_full-w24.onnx"' in r.headers["content-disposition"]
     model = onnx.load_from_string(r.content)
     onnx.checker.check_model(model)
     params = sum(int(np.prod(t.dims)) for t in model.graph.initializer)
@@ -62,7 +62,7 @@ def test_max_params_picks_the_largest_width_that_fits(client, bundled):
     assert r.headers["x-neumeta-width"] == "20" and int(r.headers["x-neumeta-params"]) == budget
     r = client.post(f"/models?max_params={budget - 1}")
     assert r.headers["x-neumeta-width"] == "19"
-    small = bundled.morph.param_count(4)
+    small = bundled.morph.param_count(bundled.target.min_width)
     r = client.post(f"/models?max_params={small - 1}")
     assert r.status_code == 422 and f"the smallest model has {small}" in r.json()["detail"]
 
@@ -90,8 +90,8 @@ def test_bad_ratio_is_a_422_naming_the_valid_range(client, query):
     ("query", "body", "says"),
     [
         ("ratio=0.5&width=16", None, "exactly one of ratio, width or max_params"),
-        ("width=3", None, "must lie in 4..32"),
-        ("width=33", None, "must lie in 4..32"),
+        ("width=3", None, "must lie in 8..32"),
+        ("width=33", None, "must lie in 8..32"),
         ("width=1.5", None, "width must be an integer"),
         ("ratio=0.5&format=tflite", None, "format: onnx | safetensors"),
         ("ratio=0.5&dtype=int8", None, "dtype: float32 | float16"),
@@ -108,7 +108,7 @@ def test_invalid_requests_say_what_is_valid(client, query, body, says):
 
 def test_unknown_model_is_a_404_listing_the_loaded_ones(client):
     r = client.post("/models?ratio=0.5&model=resnet20")
-    assert r.status_code == 404 and "loaded: digits_cnn" in r.json()["detail"]
+    assert r.status_code == 404 and "loaded: digits_full" in r.json()["detail"]
 
 
 def test_safetensors_and_float16(client, bundled):
@@ -126,7 +126,7 @@ def test_safetensors_and_float16(client, bundled):
     b = export.session(half.content).run(["logits"], {"input": x})[0]
     assert np.abs(a - b).max() < 0.05  # half-precision weights, float32 arithmetic
     half16 = load_safetensors(client.post("/models?width=12&format=safetensors&dtype=float16").content)
-    assert half16["block.conv_a.weight"].dtype == np.float16
+    assert half16["conv2.conv.weight"].dtype == np.float16
 
 
 def test_get_by_sha_is_immutable_with_etag_and_ranges(client):
@@ -155,13 +155,13 @@ def test_get_unknown_sha_is_a_404_with_a_hint(client):
 
 def test_list_models_describes_the_checkpoint(client, bundled):
     [info] = client.get("/models").json()
-    assert info["name"] == "digits_cnn" and info["digest"] == bundled.digest
-    assert info["widths_allowed"] == {"min": 4, "max": 32, "step": 1}
-    assert info["widths_trained"] == {"min": 8, "max": 32, "step": 2}  # odd widths are never seen in training
+    assert info["name"] == "digits_full" and info["digest"] == bundled.digest
+    assert info["widths_allowed"] == {"min": 8, "max": 32, "step": 1}  # 8: below the trained range, served well
+    assert info["widths_trained"] == {"min": 10, "max": 32, "step": 2}  # odd widths are never seen in training
     assert info["params"]["32"] == bundled.morph.param_count(32)
     assert info["accuracy"]["8"] == pytest.approx(bundled.accuracy[8])
-    assert info["formats"] == ["onnx", "safetensors"] and info["max_ratio"] == 0.875
-    assert "block.conv_a.weight" in info["generated"]
+    assert info["formats"] == ["onnx", "safetensors"] and info["max_ratio"] == 0.75
+    assert {"conv1.conv.weight", "conv2.conv.weight", "conv3.conv.weight", "fc.weight"} <= set(info["generated"])
 
 
 def test_health_and_readiness(client, bundled):
@@ -250,10 +250,10 @@ def test_two_checkpoints_are_served_side_by_side(mlp_checkpoint):
     settings = Settings(device="cpu", checkpoints=f"{BUNDLED},{mlp_checkpoint}")
     with TestClient(create_app(settings), base_url="http://127.0.0.1") as c:
         names = [m["name"] for m in c.get("/models").json()]
-        assert names == ["digits_cnn", "mlp"]
+        assert names == ["digits_full", "mlp"]
         default = c.post("/models?ratio=0.5")
         other = c.post("/models?ratio=0.5&model=mlp")
-        assert default.headers["x-neumeta-model"] == "digits_cnn" and default.headers["x-neumeta-width"] == "16"
+        assert default.headers["x-neumeta-model"] == "digits_full" and default.headers["x-neumeta-width"] == "16"
         assert other.headers["x-neumeta-model"] == "mlp" and other.headers["x-neumeta-width"] == "8"
         assert 'filename="mlp-w8.onnx"' in other.headers["content-disposition"]
         session = export.session(other.content)
@@ -276,4 +276,4 @@ def test_bfloat16_precision_is_its_own_model_and_keeps_its_accuracy(client, spli
 def test_the_rule_is_stated_once_with_the_valid_ranges(client, query):
     detail = client.post(f"/models{query}").json()["detail"]
     assert detail.count("give exactly one of ratio, width or max_params") == 1
-    assert RANGE_HINT in detail and "width must be an integer in 4..32" in detail
+    assert RANGE_HINT in detail and "width must be an integer in 8..32" in detail

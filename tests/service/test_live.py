@@ -16,7 +16,7 @@ def test_redis_killed_mid_load_every_request_answers_200(redis_server):
         async def client(c: httpx.AsyncClient, n: int, stop: float) -> list[int]:
             codes = []
             while time.monotonic() < stop:
-                r = await c.post("/models", params={"width": 4 + (n + len(codes)) % 29})
+                r = await c.post("/models", params={"width": 8 + (n + len(codes)) % 25})  # every served width
                 codes.append(r.status_code)
             return codes
 

@@ -11,7 +11,7 @@ from service.synthesis import Synthesizer
 
 @pytest.fixture
 def synth(bundled):
-    s = Synthesizer({"digits_cnn": bundled}, ModelStore(10**8, None), Settings(device="cpu"))
+    s = Synthesizer({"digits_full": bundled}, ModelStore(10**8, None), Settings(device="cpu"))
     yield s
     s.close()
 
@@ -37,11 +37,11 @@ def test_concurrent_identical_requests_share_one_synthesis(synth, bundled, monke
 
 def test_resolve_validates_at_the_boundary(synth, bundled):
     assert synth.resolve(ModelRequest(ratio=0.0))[1] == 32
-    assert synth.resolve(ModelRequest(ratio=0.875))[1] == 4
-    assert synth.resolve(ModelRequest(width=7))[1] == 7
+    assert synth.resolve(ModelRequest(ratio=0.75))[1] == 8
+    assert synth.resolve(ModelRequest(width=9))[1] == 9
     assert synth.resolve(ModelRequest(max_params=bundled.morph.param_count(9)))[1] == 9
-    for bad in (-0.01, 0.876, float("nan"), float("inf")):
-        with pytest.raises(InvalidRequest, match=r"\[0, 0.875\]"):
+    for bad in (-0.01, 0.751, float("nan"), float("inf")):
+        with pytest.raises(InvalidRequest, match=r"\[0, 0.75\]"):
             synth.resolve(ModelRequest(ratio=bad))
     with pytest.raises(ModelNotFound):
         synth.resolve(ModelRequest(ratio=0.5, model="other"))
