@@ -35,7 +35,7 @@ from neumeta_core.checkpoint import Checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "docs" / "results"
-STAGES = ("encode", "forward", "assemble", "onnx", "verify")
+STAGES = ("encode", "forward", "assemble", "calibrate", "onnx", "verify")
 
 
 def sync(device: torch.device) -> None:
@@ -73,7 +73,7 @@ def stages(ckpt: Checkpoint, width: int, samples: int, repeats: int, probe: torc
 
     def encode() -> list[torch.Tensor]:
         gen = torch.Generator().manual_seed(morph.seed)
-        return [hyper.encode(shapes, t, samples, noise, gen) for t in range(len(shapes))]
+        return [hyper.encode(shapes, t, samples, noise, gen, morph.lattice) for t in range(len(shapes))]
 
     t_encode, inputs = fastest(encode, repeats, device)
     t_forward, outputs = fastest(lambda: [mlp(x) for mlp, x in zip(hyper.mlps, inputs, strict=True)], repeats, device)
@@ -82,7 +82,10 @@ def stages(ckpt: Checkpoint, width: int, samples: int, repeats: int, probe: torc
         tensors = [hyper.assemble(y, shape, samples) for y, shape in zip(outputs, shapes, strict=True)]
         return {**morph.fixed, **dict(zip(morph.shapes(width), tensors, strict=True))}
 
-    t_assemble, state = fastest(assemble, repeats, device)
+    t_assemble, generated = fastest(assemble, repeats, device)
+    t_calibrate, state = 0.0, generated
+    if ckpt.target.batchnorm:  # BatchNorm statistics at this width, then folded
+        t_calibrate, state = fastest(lambda: morph.calibrate(width, generated), repeats, device)
     t_onnx, body = fastest(lambda: export.serialize(ckpt.target.family, state, "onnx", "float32"), repeats, device)
 
     def verify() -> float:
@@ -103,6 +106,7 @@ def stages(ckpt: Checkpoint, width: int, samples: int, repeats: int, probe: torc
         "encode": t_encode,
         "forward": t_forward,
         "assemble": t_assemble,
+        "calibrate": t_calibrate,
         "onnx": t_onnx,
         "verify": t_verify,
         "state_dict": t_total,
@@ -198,11 +202,12 @@ def main() -> None:
         "by_samples": by_samples,
     }
     print(f"\nmatmul rate {rate / 1e9:.1f} GFLOP/s (after: {rate_after / 1e9:.1f}), {record['device']}\n")
-    head = "| h | K | encode | forward | assemble | onnx | verify | cold (ms) | floor (ms) | synthesis/floor | cold/floor | onnx+verify share |"  # noqa: E501
-    print(head + "\n|" + "---|" * 12)
+    head = "| h | K | encode | forward | assemble | calibrate | onnx | verify | cold (ms) | floor (ms) | synthesis/floor | cold/floor | onnx+verify share |"  # noqa: E501
+    print(head + "\n|" + "---|" * 13)
     for r in by_width + by_samples:
         print(
             f"| {r['width']} | {r['samples']} | {r['encode_ms']:.2f} | {r['forward_ms']:.2f} | {r['assemble_ms']:.2f} "
+            f"| {r['calibrate_ms']:.2f} "
             f"| {r['onnx_ms']:.2f} | {r['verify_ms']:.2f} | {r['cold_ms']:.2f} | {r['floor_ms']:.2f} "
             f"| {r['synthesis_over_floor']:.2f} | {r['cold_over_floor']:.2f} | {r['export_share']:.1%} |"
         )

@@ -3,8 +3,8 @@
     .venv/bin/python bench/memory.py [--models 100]
 
 Starts `neumeta serve` (bundled checkpoint, in-process cache, 127.0.0.1), reads VmRSS and VmHWM from
-/proc once it is ready, requests --models distinct models (widths 4..32 x onnx/safetensors x
-float32/float16: the bundled checkpoint has 29 widths, so 100 distinct models need the four file
+/proc once it is ready, requests --models distinct models (the served widths x onnx/safetensors x
+float32/float16: the bundled checkpoint serves 25 widths, 8..32, so 100 distinct models need the four file
 variants), and reads them again, with the bytes the cache holds. GPU memory is read from
 torch.cuda on a CUDA machine (the service itself does not report it). Writes docs/results/memory.json.
 """
@@ -21,6 +21,8 @@ import urllib.request
 from pathlib import Path
 
 from tqdm import tqdm
+
+from neumeta_core import checkpoint
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.service.conftest import serving
@@ -69,7 +71,9 @@ def main() -> None:
     p.add_argument("--models", type=int, default=100)
     p.add_argument("--out", type=Path, default=RESULTS / "memory.json")
     args = p.parse_args()
-    variants = list(itertools.product(range(4, 33), ("onnx", "safetensors"), ("float32", "float16")))
+    target = checkpoint.load().target  # every width the bundle serves
+    widths = range(target.min_width, target.max_width + 1)
+    variants = list(itertools.product(widths, ("onnx", "safetensors"), ("float32", "float16")))
     if args.models > len(variants):
         sys.exit(f"the bundled checkpoint has {len(variants)} distinct models; ask for at most that many")
     record: dict[str, object] = {
