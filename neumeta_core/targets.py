@@ -176,18 +176,13 @@ def _mlp_hidden_groups(cfg: TargetConfig) -> dict[str, Group]:
 _FULL_LAYERS = (("conv1", "conv2"), ("conv2", "conv3"), ("conv3", "fc"))  # each conv and the layer it feeds
 
 
-def _per_channel(cfg: TargetConfig, conv: str) -> list[str]:
-    """A conv's per-output-channel vectors: its bias, or with BatchNorm kept, the norm's scale and shift."""
-    return [f"{conv}.bn.weight", f"{conv}.bn.bias"] if cfg.batchnorm else [f"{conv}.conv.bias"]
-
-
 def _full_shapes(cfg: TargetConfig, width: int) -> dict[str, Shape]:
     cin = {"conv1": 1, "conv2": width, "conv3": width}
     shapes: dict[str, Shape] = {}
     for conv, _ in _FULL_LAYERS:
         cout = 2 * width if conv == "conv3" else width
         shapes[f"{conv}.conv.weight"] = (cout, cin[conv], 3, 3)
-        shapes.update({name: (cout,) for name in _per_channel(cfg, conv)})
+        shapes.update({name: (cout,) for name in resnet.per_channel(cfg, conv)})
     return {**shapes, "fc.weight": (cfg.num_classes, 2 * width), "fc.bias": (cfg.num_classes,)}
 
 
@@ -198,7 +193,7 @@ def _full_groups(cfg: TargetConfig) -> dict[str, Group]:
     for conv, nxt in _FULL_LAYERS:
         stats = [f"{conv}.bn.running_mean", f"{conv}.bn.running_var"] if cfg.batchnorm else []
         reader = f"{nxt}.weight" if nxt == "fc" else f"{nxt}.conv.weight"
-        members = [f"{conv}.conv.weight", *_per_channel(cfg, conv), *stats]
+        members = [f"{conv}.conv.weight", *resnet.per_channel(cfg, conv), *stats]
         groups[f"{conv}.out"] = {**dict.fromkeys(members, 0), reader: 1}
     return groups
 
