@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from neumeta_core.config import HyperNetConfig
-from neumeta_core.hypernet import HyperNetwork
+from neumeta_core.hypernet import HyperNetwork, lattice_points
 
 CFG = HyperNetConfig(hidden=16, layers=2, frequencies=2)
 SHAPES = [(6, 4, 3, 3), (6,), (4, 6, 3, 3), (4,)]
@@ -33,6 +33,23 @@ def test_noise_is_reproducible_and_clean_sample_is_first():
     assert not torch.equal(a[0], c[0])
     clean = net(SHAPES)
     assert not torch.equal(a[0], clean[0])  # the average includes noisy samples
+
+
+def test_lattice_places_the_k_sets_evenly_and_draws_nothing():
+    for k in (2, 4, 5, 9):
+        points = lattice_points(k)
+        assert points.shape == (k, 2) and bool((points.abs() < 0.5).all())
+        for axis in (0, 1):  # in each direction a midpoint rule: one point per strip of width 1/k
+            assert torch.allclose(points[:, axis].sort().values, (torch.arange(k) + 0.5) / k - 0.5)
+    torch.manual_seed(0)
+    net = HyperNetwork(CFG, len(SHAPES), norm=8)
+    with torch.no_grad():
+        a = net(SHAPES, samples=4, noise=1.0, generator=torch.Generator().manual_seed(3), lattice=True)
+        b = net(SHAPES, samples=4, noise=1.0, generator=torch.Generator().manual_seed(4), lattice=True)
+        assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))  # the generator plays no part
+        assert not torch.equal(a[0], net(SHAPES)[0])  # not the clean set
+        grouped = net.synthesize(SHAPES, 4, 1.0, None, lattice=True)
+    assert max(float((x - y).abs().max()) for x, y in zip(a, grouped, strict=True)) <= 1e-6
 
 
 def test_grouped_synthesis_equals_the_per_tensor_forward(bundled):
