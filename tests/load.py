@@ -20,7 +20,7 @@ import httpx
 # POST /models queries: ratios, widths, a budget, both formats and dtypes (and GET by content address)
 MIX: list[dict[str, str]] = [
     *[{"ratio": f"{r:g}"} for r in (0, 0.125, 0.25, 0.375, 0.5, 0.625, 0.75)],
-    *[{"width": str(w)} for w in (5, 9, 13, 17, 21, 27, 31)],
+    *[{"width": str(w)} for w in (9, 11, 13, 17, 21, 27, 31)],
     {"max_params": "20000"},
     {"ratio": "0.5", "format": "safetensors"},
     {"ratio": "0.25", "dtype": "float16"},
