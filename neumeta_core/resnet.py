@@ -128,11 +128,11 @@ def shapes(cfg: TargetConfig, width: int) -> dict[str, tuple[int, ...]]:
     return out
 
 
-def _hidden(name: str, cfg: TargetConfig | None = None) -> Group:
+def _hidden(name: str, cfg: TargetConfig) -> Group:
     """A block's hidden channels (with BatchNorm kept, conv1's statistics follow them too)."""
     conv1 = f"{name}.conv1"
-    stats = [f"{conv1}.bn.running_mean", f"{conv1}.bn.running_var"] if cfg is not None and cfg.batchnorm else []
-    vectors = per_channel(cfg, conv1) if cfg is not None else [f"{conv1}.conv.bias"]
+    stats = [f"{conv1}.bn.running_mean", f"{conv1}.bn.running_var"] if cfg.batchnorm else []
+    vectors = per_channel(cfg, conv1)
     return {**dict.fromkeys([f"{conv1}.conv.weight", *vectors, *stats], 0), f"{name}.conv2.conv.weight": 1}
 
 
@@ -148,7 +148,7 @@ def channel_groups(cfg: TargetConfig) -> dict[str, Group]:
         raise ValueError(
             "resnet20 with BatchNorm kept permutes the generated blocks' hidden channels only (--permute hidden)"
         )
-    groups = {f"{name}.hidden": _hidden(name) for name in block_names()}
+    groups = {f"{name}.hidden": _hidden(name, cfg) for name in block_names()}
     writer = "conv1.conv"
     for s in range(len(STAGES)):
         stream: Group = {f"{writer}.weight": 0, f"{writer}.bias": 0}

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 
 import torch
@@ -74,6 +76,17 @@ class MorphicNet:
     @property
     def device(self) -> torch.device:
         return next(self.hypernet.parameters()).device
+
+    @contextmanager
+    def allowing(self, lowest: int) -> Iterator[None]:
+        """Widths down to `lowest` accepted inside the block: to measure where the checkpoint does
+        not serve (below its min_width); the served range is restored on exit."""
+        served = self.target
+        self.target = replace(served, min_width=min(lowest, served.min_width))
+        try:
+            yield
+        finally:
+            self.target = served
 
     def check_width(self, width: int) -> None:
         lo, hi = self.target.min_width, self.target.max_width
