@@ -98,6 +98,7 @@ def load(path: str | Path = BUNDLED, device: str | torch.device = "cpu") -> Chec
     hypernet.to(device)
     fixed = {k: v.to(device) for k, v in payload["fixed_state"].items()}
     calibration = payload.get("calibration")
+    calibration = None if calibration is None else calibration.to(device)  # once, not per synthesis
     lattice = train.quadrature == "lattice"
     morph = MorphicNet(target, hypernet, fixed, train.samples, train.coord_noise, train.seed, calibration, lattice)
     return Checkpoint(
