@@ -50,7 +50,7 @@ bench: setup bench-tools
 
 # the load and fault tests of `make test`, longer and wider, with their figures printed
 soak: setup
-	NEUMETA_LOAD_SECONDS=60 NEUMETA_LOAD_CLIENTS=64 NEUMETA_FUZZ_EXAMPLES=1000 \
+	NEUMETA_LOAD_REQUESTS=100000 NEUMETA_LOAD_CLIENTS=64 NEUMETA_FUZZ_EXAMPLES=1000 \
 	  $(BIN)/pytest tests/faults -s -p no:cacheprovider --timeout 1800
 
 clean:

@@ -11,6 +11,7 @@ import torch
 
 from neumeta_core.checkpoint import Checkpoint
 from neumeta_core.data import Split
+from neumeta_core.errors import InputError
 from neumeta_core.sampling import ratio_for
 from neumeta_core.train import accuracy, pretrain
 
@@ -19,7 +20,7 @@ def l1_pruned(ckpt: Checkpoint, width: int) -> dict[str, torch.Tensor]:
     """The pretrained network with, in each morphable layer, the hidden channels of largest L1 norm
     (of the weights that produce them) kept."""
     if ckpt.teacher is None:
-        raise ValueError("this checkpoint holds no pretrained weights for the generated tensors; retrain it")
+        raise InputError("this checkpoint holds no pretrained weights for the generated tensors; retrain it")
     pruned = dict(ckpt.teacher)
     for group in ckpt.morph.family.hidden_groups(ckpt.target).values():
         first = next(iter(group))  # the tensor whose output channels the group is

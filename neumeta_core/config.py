@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal, Self
 
+from neumeta_core.errors import InputError
+
 
 class _Serialisable:
     def to_dict(self) -> dict[str, Any]:
@@ -12,8 +14,16 @@ class _Serialisable:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Self:
+        """Fields missing from `data` take their defaults (an older file); a field this code does not know
+        is refused, never dropped: it was written by a newer version and would change what the file means."""
         known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
-        return cls(**{k: v for k, v in data.items() if k in known})
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise InputError(
+                f"{cls.__name__} has no field {', '.join(map(repr, unknown))}: the file was written by a newer "
+                f"version of neumeta-serve (known fields: {', '.join(sorted(known))})"
+            )
+        return cls(**data)
 
 
 @dataclass(frozen=True)
@@ -121,5 +131,5 @@ HYPER_PRESETS: dict[str, HyperNetConfig] = {
 
 def presets(family: str) -> tuple[TargetConfig, HyperNetConfig, TrainConfig]:
     if family not in TARGET_PRESETS:
-        raise ValueError(f"unknown target family {family!r}; known: {sorted(TARGET_PRESETS)}")
+        raise InputError(f"unknown target family {family!r}; known: {sorted(TARGET_PRESETS)}")
     return TARGET_PRESETS[family], HYPER_PRESETS.get(family, HyperNetConfig()), TRAIN_PRESETS.get(family, TrainConfig())

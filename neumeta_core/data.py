@@ -12,6 +12,8 @@ import torch
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
+from neumeta_core.errors import InputError
+
 
 @dataclass(frozen=True)
 class Split:
@@ -71,7 +73,7 @@ def for_family(dataset: str, data_dir: str | Path | None) -> Split:
     if dataset == "digits":
         return digits()
     if data_dir is None:
-        raise ValueError(f"the {dataset} data set is read from a directory: pass --data-dir")
+        raise InputError(f"the {dataset} data set is read from a directory: pass --data-dir")
     return cifar10(data_dir)
 
 
@@ -87,7 +89,7 @@ def cifar10(directory: str | Path) -> Split:
     train_files = sorted(root.glob("data_batch_*"))
     test_file = root / "test_batch"
     if not train_files or not test_file.is_file():
-        raise FileNotFoundError(f"{root} must hold data_batch_1..5 and test_batch (CIFAR-10 python version)")
+        raise InputError(f"{root} must hold data_batch_1..5 and test_batch (CIFAR-10 python version)")
     x_train, y_train = _cifar_batches(train_files)
     x_test, y_test = _cifar_batches([test_file])
     return Split(x_train, y_train, x_test, y_test, pad=4, flip=True)

@@ -17,6 +17,15 @@ from neumeta_core.targets import Shape
 PRECISIONS = ("float32", "tf32", "bfloat16")
 
 
+def set_precision(precision: str) -> None:
+    """TF32 for CUDA matmuls on or off, for the whole process: torch's switch is a process-wide flag, so it is
+    set once (by the service at start-up), never per call, where two threads could interleave it.
+    synthesize() checks that the flag matches the precision it is asked for."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
+
+
 class ResidualMLP(nn.Module):
     """z = act(W0 x); z = z + s_l act(W_l z) for each layer; y = W_out z."""
 
@@ -134,6 +143,8 @@ class HyperNetwork(nn.Module):
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
         device = next(self.parameters()).device
+        if device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32 != (precision == "tf32"):
+            raise RuntimeError(f"CUDA matmuls are not set up for {precision}: call set_precision({precision!r}) first")
         raw = [self.coordinates(shapes, t, samples, noise, generator, lattice) for t in range(len(shapes))]
         flat = torch.cat(raw)
         flat = flat.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else flat.to(device)
@@ -143,17 +154,12 @@ class HyperNetwork(nn.Module):
         for t, r in enumerate(raw):
             groups.setdefault(r.shape[0], []).append(t)
         out: list[torch.Tensor | None] = [None] * len(shapes)
-        previous = torch.backends.cuda.matmul.allow_tf32  # a process-wide flag: set for this call only
-        torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
-        try:
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bfloat16"):
-                for members in groups.values():
-                    x = torch.stack([x_all[starts[t] : starts[t + 1]] for t in members])  # (G, K*Q, P)
-                    y = self._grouped_mlp(members, x).float()
-                    for g, t in enumerate(members):
-                        out[t] = self.assemble(y[g], shapes[t], samples)
-        finally:
-            torch.backends.cuda.matmul.allow_tf32 = previous
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bfloat16"):
+            for members in groups.values():
+                x = torch.stack([x_all[starts[t] : starts[t + 1]] for t in members])  # (G, K*Q, P)
+                y = self._grouped_mlp(members, x).float()
+                for g, t in enumerate(members):
+                    out[t] = self.assemble(y[g], shapes[t], samples)
         return [t for t in out if t is not None]
 
     def _grouped_mlp(self, members: list[int], x: torch.Tensor) -> torch.Tensor:

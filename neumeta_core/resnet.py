@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from neumeta_core.config import TargetConfig
+from neumeta_core.errors import InputError
 
 Group = dict[str, int]
 STAGES = (16, 32, 64)
@@ -61,7 +62,7 @@ def block_names() -> list[str]:
 def generated_blocks(cfg: TargetConfig) -> list[str]:
     """The morphable blocks: the last `cfg.generated_blocks` of stage 3, in network order."""
     if not 1 <= cfg.generated_blocks <= BLOCKS:
-        raise ValueError(f"generated_blocks must be in 1..{BLOCKS}, not {cfg.generated_blocks}")
+        raise InputError(f"generated_blocks must be in 1..{BLOCKS}, not {cfg.generated_blocks}")
     return [f"layer3.{b}" for b in range(BLOCKS - cfg.generated_blocks, BLOCKS)]
 
 
@@ -145,7 +146,7 @@ def channel_groups(cfg: TargetConfig) -> dict[str, Group]:
     stage (stem or shortcut), every conv2 writing into it, every conv reading it, and for stage 3
     the classifier's inputs. The RGB input and the classes never move."""
     if cfg.batchnorm:
-        raise ValueError(
+        raise InputError(
             "resnet20 with BatchNorm kept permutes the generated blocks' hidden channels only (--permute hidden)"
         )
     groups = {f"{name}.hidden": _hidden(name, cfg) for name in block_names()}

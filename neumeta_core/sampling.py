@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from neumeta_core.config import TargetConfig
+from neumeta_core.errors import InputError
 from neumeta_core.hypernet import HyperNetwork
 from neumeta_core.targets import Shape, family
 
@@ -91,26 +92,28 @@ class MorphicNet:
     def check_width(self, width: int) -> None:
         lo, hi = self.target.min_width, self.target.max_width
         if not lo <= width <= hi:
-            raise ValueError(f"width {width} is outside the supported range {lo}..{hi}")
+            raise InputError(f"width {width} is outside the supported range {lo}..{hi}")
 
     def shapes(self, width: int) -> dict[str, Shape]:
         return self.family.generated_shapes(self.target, width)
 
     @torch.no_grad()
-    def generate(self, width: int, precision: str = "float32") -> dict[str, torch.Tensor]:
+    def generate(self, width: int, precision: str = "float32", samples: int | None = None) -> dict[str, torch.Tensor]:
         """The generated tensors at `width`: deterministic, the noise comes from a fixed seed.
-        `precision` of the hypernetwork's arithmetic: float32, tf32 (CUDA) or bfloat16."""
+        `precision` of the hypernetwork's arithmetic: float32, tf32 (CUDA) or bfloat16; `samples`: K weight
+        sets averaged (default: the checkpoint's own)."""
         self.check_width(width)
+        k = self.samples if samples is None else samples
         shapes = self.shapes(width)
         gen = torch.Generator().manual_seed(self.seed)
-        noise = self.noise if self.samples > 1 else 0.0
-        tensors = self.hypernet.synthesize(list(shapes.values()), self.samples, noise, gen, precision, self.lattice)
+        noise = self.noise if k > 1 else 0.0
+        tensors = self.hypernet.synthesize(list(shapes.values()), k, noise, gen, precision, self.lattice)
         return dict(zip(shapes, tensors, strict=True))
 
-    def state_dict(self, width: int, precision: str = "float32") -> dict[str, torch.Tensor]:
+    def state_dict(self, width: int, precision: str = "float32", samples: int | None = None) -> dict[str, torch.Tensor]:
         """The served network's tensors at `width`: fixed and generated, and where the target keeps
         BatchNorm, its statistics measured at this width on the calibration images, then folded."""
-        state = {**self.fixed, **self.generate(width, precision)}
+        state = {**self.fixed, **self.generate(width, precision, samples)}
         return self.calibrate(width, state) if self.target.batchnorm else state
 
     def calibrate(self, width: int, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -16,6 +16,7 @@ from torch import nn
 
 from neumeta_core import resnet
 from neumeta_core.config import TargetConfig
+from neumeta_core.errors import InputError
 
 Shape = tuple[int, ...]
 
@@ -243,4 +244,4 @@ def family(name: str) -> TargetFamily:
     try:
         return FAMILIES[name]
     except KeyError:
-        raise ValueError(f"unknown target family {name!r}; known: {sorted(FAMILIES)}") from None
+        raise InputError(f"unknown target family {name!r}; known: {sorted(FAMILIES)}") from None

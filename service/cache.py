@@ -1,8 +1,9 @@
 """Model cache: an in-process LRU bounded in bytes, in front of an optional Redis.
 
-Keys are content addresses (checkpoint sha256, width, format, dtype, exporter version), so a
-new checkpoint or exporter can never serve stale bytes. A Redis value is a JSON header line plus
-the body; the body's sha256 is checked on every read, and a corrupt entry is deleted, never served.
+A key is the digest of a file's FileSpec (neumeta_core/files.py): everything its bytes depend on, so a
+new checkpoint, K, precision, engine or exporter can never serve another file's bytes. A Redis value is a
+JSON header line (the spec among it) plus the body; the body's sha256 is checked on every read, and a
+corrupt entry is deleted, never served. The index from sha256 to key forgets a file whose entry leaves.
 Redis failures degrade to misses: the request is synthesised, the failure counted, and Redis is
 skipped for an exponentially growing back-off before the next attempt.
 """
@@ -17,118 +18,128 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from typing import Generic, TypeVar
 
 import redis.asyncio as aioredis
 from redis.exceptions import LockError, RedisError
 
-from neumeta_core import export
+from neumeta_core.files import FileSpec
 from service import metrics
 
 log = logging.getLogger("neumeta.cache")
 
 V = TypeVar("V")
 T = TypeVar("T")
-PREFIX = "neumeta:v1"
+PREFIX = "neumeta:v2"  # v2: keys are FileSpec digests
 MEDIA_TYPES = {"onnx": "application/octet-stream", "safetensors": "application/octet-stream"}
 IMMUTABLE = "public, max-age=31536000, immutable"
 
 
-@dataclass(frozen=True)
-class CacheKey:
-    checkpoint: str  # sha256 of the checkpoint file
-    width: int
-    format: str
-    dtype: str
-    precision: str = "float32"  # of the hypernetwork's arithmetic (NEUMETA_PRECISION)
+def key_of(spec: FileSpec) -> str:
+    """The cache key of a file: its spec's digest (memory and Redis)."""
+    return f"{PREFIX}:model:{spec.digest}"
 
-    def __str__(self) -> str:
-        key = f"{PREFIX}:model:{self.checkpoint}:{self.width}:{self.format}:{self.dtype}:{export.VERSION}"
-        return key if self.precision == "float32" else f"{key}:{self.precision}"
+
+@dataclass(frozen=True)
+class Policy:
+    """How answers may be cached downstream: the size forms' max-age (NEUMETA_MAX_AGE), and whether answers
+    vary with the Authorization header (API keys on: a shared cache must not hand a file to another client)."""
+
+    max_age: int = 60
+    vary_auth: bool = False
 
 
 @dataclass(frozen=True)
 class Artifact:
     """A generated model file and what describes it."""
 
+    spec: FileSpec
     body: bytes
     sha256: str
-    model: str
-    checkpoint: str
-    width: int
+    model: str  # this process's name for the checkpoint
     params: int
     ratio: float
-    format: str
-    dtype: str
-    precision: str = "float32"
+    policy: Policy = field(default=Policy(), compare=False)
 
     @property
     def filename(self) -> str:
-        suffix = "" if self.dtype == "float32" else f"-{self.dtype}"
-        return f"{self.model}-w{self.width}{suffix}.{self.format}"
+        suffix = "" if self.spec.dtype == "float32" else f"-{self.spec.dtype}"
+        return f"{self.model}-w{self.spec.width}{suffix}.{self.spec.format}"
 
     @property
     def media_type(self) -> str:
-        return MEDIA_TYPES[self.format]
+        return MEDIA_TYPES[self.spec.format]
 
-    def key(self) -> CacheKey:
-        return CacheKey(self.checkpoint, self.width, self.format, self.dtype, self.precision)
+    @property
+    def key(self) -> str:
+        return key_of(self.spec)
+
+    @property
+    def etag(self) -> str:
+        return f'"{self.sha256}"'
+
+    def _vary(self) -> dict[str, str]:
+        return {"Vary": "Authorization"} if self.policy.vary_auth else {}
 
     @cached_property
     def headers(self) -> dict[str, str]:
-        """What every answer carrying this file says about it; formatted once, not per request."""
+        """What every answer to a size request (GET, HEAD, POST /models, and their 304) says about the file;
+        formatted once, not per request. A shared cache may keep it `max_age` seconds, then revalidates."""
         return {
-            "ETag": f'"{self.sha256}"',
+            "ETag": self.etag,
+            "Cache-Control": f"public, max-age={self.policy.max_age}",
             "Location": f"/models/{self.sha256}",
+            "Content-Location": f"/models/{self.sha256}",
             "Content-Disposition": f'attachment; filename="{self.filename}"',
             "X-NeuMeta-Model": self.model,
-            "X-NeuMeta-Width": str(self.width),
+            "X-NeuMeta-Width": str(self.spec.width),
             "X-NeuMeta-Params": str(self.params),
             "X-NeuMeta-Ratio": f"{self.ratio:g}",
+            "X-NeuMeta-Spec": self.spec.digest,
+            **self._vary(),
+        }
+
+    @cached_property
+    def address_headers(self) -> dict[str, str]:
+        """The headers of GET /models/{sha256}: the content address never changes."""
+        return {
+            "ETag": self.etag,
+            "Cache-Control": IMMUTABLE,
+            "Accept-Ranges": "bytes",
+            "Content-Disposition": self.headers["Content-Disposition"],
+            **self._vary(),
         }
 
     @cached_property
     def hit_headers(self) -> list[tuple[bytes, bytes]]:
-        """The raw headers of POST /models answered from the cache (service/hotpath.py)."""
+        """The raw headers of a size request answered from the cache (service/hotpath.py)."""
         return _raw({**self.headers, "X-NeuMeta-Cache": "hit"}, self)
 
     @cached_property
     def immutable_headers(self) -> list[tuple[bytes, bytes]]:
-        """The raw headers of GET /models/{sha256}: the content address never changes."""
+        """The raw headers of GET /models/{sha256} (service/hotpath.py)."""
         return _raw(self.address_headers, self)
 
-    @cached_property
-    def hit_wire(self) -> bytes:
-        return _wire(self.hit_headers)
-
-    @cached_property
-    def immutable_wire(self) -> bytes:
-        return _wire(self.immutable_headers)
-
-    @property
-    def address_headers(self) -> dict[str, str]:
-        return {
-            "ETag": self.headers["ETag"],
-            "Cache-Control": IMMUTABLE,
-            "Accept-Ranges": "bytes",
-            "Content-Disposition": self.headers["Content-Disposition"],
-        }
-
     def to_record(self) -> bytes:
-        header = {k: v for k, v in asdict(self).items() if k != "body"}
-        return json.dumps(header).encode() + b"\n" + self.body
+        header = {"spec": asdict(self.spec), "sha256": self.sha256, "model": self.model, "params": self.params}
+        header["ratio"] = self.ratio
+        return json.dumps(header, sort_keys=True).encode() + b"\n" + self.body
 
     @classmethod
-    def from_record(cls, record: bytes) -> Artifact | None:
-        """None for anything truncated, altered or malformed."""
+    def from_record(cls, record: bytes, names: dict[str, str], policy: Policy) -> Artifact | None:
+        """None for anything truncated, altered or malformed. `names`: checkpoint digest -> this process's
+        name for it (another replica may have loaded the file under another name)."""
         head, sep, body = record.partition(b"\n")
         if not sep:
             return None
         try:
-            artifact = cls(body=body, **json.loads(head))
-        except (ValueError, TypeError):
+            meta = json.loads(head)
+            spec = FileSpec.from_json(json.dumps(meta.pop("spec")))
+            meta["model"] = names.get(spec.checkpoint, meta["model"])
+            artifact = cls(spec=spec, body=body, policy=policy, **meta)
+        except (ValueError, TypeError, KeyError, AttributeError):
             return None
         return artifact if hashlib.sha256(body).hexdigest() == artifact.sha256 else None
 
@@ -141,15 +152,11 @@ def _raw(headers: dict[str, str], artifact: Artifact) -> list[tuple[bytes, bytes
     return raw
 
 
-def _wire(headers: list[tuple[bytes, bytes]]) -> bytes:
-    """Raw headers as 'name: value' lines, as they go on the wire (service/protocol.py)."""
-    return b"".join(name + b": " + value + b"\r\n" for name, value in headers)
-
-
 class LRUCache(Generic[V]):
     """Least-recently-used map bounded by the sum of the sizes given to put()."""
 
     def __init__(self, max_bytes: int, on_evict: Callable[[str, V], None] | None = None) -> None:
+        """`on_evict(key, value)` for every value that leaves: evicted, or replaced under its key."""
         self.max_bytes = max_bytes
         self.bytes = 0
         self._items: OrderedDict[str, tuple[V, int]] = OrderedDict()
@@ -166,7 +173,9 @@ class LRUCache(Generic[V]):
         """Keep `value`; False when it is larger than the whole cache (served, not kept)."""
         if size > self.max_bytes:
             return False
-        self.pop(key)
+        replaced = self.pop(key)
+        if replaced is not None and self._on_evict:
+            self._on_evict(key, replaced)  # its sha256 is forgotten, as an evicted one's is
         self._items[key] = (value, size)
         self.bytes += size
         while self.bytes > self.max_bytes:
@@ -251,9 +260,8 @@ class RedisTier:
 
         async def write() -> None:
             async with self.client.pipeline(transaction=True) as pipe:
-                pipe.set(str(artifact.key()), record, ex=self.ttl)
-                pointer = json.dumps(asdict(artifact.key()))
-                pipe.set(f"{PREFIX}:sha:{artifact.sha256}", pointer, ex=self.ttl)
+                pipe.set(artifact.key, record, ex=self.ttl)
+                pipe.set(f"{PREFIX}:sha:{artifact.sha256}", artifact.spec.canonical, ex=self.ttl)
                 await pipe.execute()
 
         await self._call("set", write)
@@ -264,7 +272,7 @@ class RedisTier:
     async def ping(self) -> bool:
         return bool(await self._call("ping", self.client.ping))
 
-    def lock(self, key: CacheKey, timeout: float) -> aioredis.lock.Lock:
+    def lock(self, key: str, timeout: float) -> aioredis.lock.Lock:
         return self.client.lock(f"{PREFIX}:lock:{key}", timeout=timeout, blocking=False)
 
     async def acquire(self, lock: aioredis.lock.Lock) -> bool | None:
@@ -285,9 +293,13 @@ class RedisTier:
 class ModelStore:
     """Both tiers behind one interface; the memory tier is filled from Redis hits."""
 
-    def __init__(self, max_bytes: int, remote: RedisTier | None) -> None:
+    def __init__(
+        self, max_bytes: int, remote: RedisTier | None, names: dict[str, str] | None = None, policy: Policy = Policy()
+    ) -> None:
         self.memory: LRUCache[Artifact] = LRUCache(max_bytes, self._forget)
         self.remote = remote
+        self.names = names or {}  # checkpoint digest -> this process's name for it
+        self.policy = policy
         self._by_sha: dict[str, str] = {}
         self._republishing: asyncio.Task[int] | None = None
         if remote is not None:
@@ -312,51 +324,53 @@ class ModelStore:
         return written
 
     def _forget(self, key: str, artifact: Artifact) -> None:
-        self._by_sha.pop(artifact.sha256, None)
+        if self._by_sha.get(artifact.sha256) == key:
+            del self._by_sha[artifact.sha256]
 
     def remember(self, artifact: Artifact) -> None:
-        key = str(artifact.key())
-        if self.memory.put(key, artifact, len(artifact.body)):
-            self._by_sha[artifact.sha256] = key
+        if self.memory.put(artifact.key, artifact, len(artifact.body)):
+            self._by_sha[artifact.sha256] = artifact.key
 
-    async def get(self, key: CacheKey) -> Artifact | None:
-        artifact = self.memory.get(str(key))
+    async def get(self, spec: FileSpec) -> Artifact | None:
+        artifact = self.memory.get(key_of(spec))
         metrics.CACHE.labels("memory", "hit" if artifact else "miss").inc()
         if artifact is None and self.remote is not None:
-            artifact = await self.get_remote(key)
+            artifact = await self.get_remote(spec)
         return artifact
 
-    async def get_remote(self, key: CacheKey) -> Artifact | None:
+    async def get_remote(self, spec: FileSpec) -> Artifact | None:
         assert self.remote is not None
-        record = await self.remote.get(str(key))
+        key = key_of(spec)
+        record = await self.remote.get(key)
         if record is None:
             metrics.CACHE.labels("redis", "error" if self.remote.degraded else "miss").inc()
             return None
-        artifact = Artifact.from_record(record)
-        if artifact is None or artifact.key() != key:
+        artifact = Artifact.from_record(record, self.names, self.policy)
+        if artifact is None or artifact.spec != spec:
             metrics.CACHE.labels("redis", "corrupt").inc()
             log.error("corrupt cache entry %s deleted", key)
-            await self.remote.delete(str(key))
+            await self.remote.delete(key)
             return None
         metrics.CACHE.labels("redis", "hit").inc()
         self.remember(artifact)
         return artifact
 
-    def by_sha(self, sha256: str) -> str | None:
-        """The memory tier's key of the file with this sha256, if it holds it."""
-        return self._by_sha.get(sha256)
+    def local_by_sha(self, sha256: str) -> Artifact | None:
+        """The file with this sha256 if the memory tier holds it, its digest checked (the hot path's lookup)."""
+        key = self._by_sha.get(sha256)
+        artifact = self.memory.get(key) if key else None
+        return artifact if artifact is not None and artifact.sha256 == sha256 else None
 
     async def get_by_sha(self, sha256: str) -> Artifact | None:
-        local = self._by_sha.get(sha256)
-        artifact = self.memory.get(local) if local else None
+        artifact = self.local_by_sha(sha256)
         if artifact is None and self.remote is not None:
             pointer = await self.remote.get(f"{PREFIX}:sha:{sha256}")
             if pointer is not None:
                 try:
-                    key = CacheKey(**json.loads(pointer))
+                    spec = FileSpec.from_json(pointer)
                 except (ValueError, TypeError):
                     return None
-                artifact = await self.get_remote(key)
+                artifact = await self.get_remote(spec)
         return artifact if artifact is not None and artifact.sha256 == sha256 else None
 
     async def put(self, artifact: Artifact) -> None:

@@ -1,22 +1,26 @@
-"""The `neumeta` command: train, sample, eval, serve."""
+"""The `neumeta` command: train, sample, eval, serve, fetch.
+
+Bad input (a flag out of range, a missing or foreign file, a bad NEUMETA_* setting, an unreachable server
+or one that refuses the request) is one line on stderr and exit status 2; Ctrl-C is one line and 130. Any
+other exception is a bug, and keeps its traceback (exit status 1).
+"""
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
-import logging
 import os
 import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
 
-import httpx
-import torch
+from neumeta_core import names
+from neumeta_core.errors import InputError
 
-from neumeta_core import checkpoint, data, export
-from neumeta_core.config import presets
-from neumeta_core.sampling import ratio_for, unseen_widths, width_for
-from neumeta_core.targets import FAMILIES, family
+if TYPE_CHECKING:
+    from neumeta_core import checkpoint
 
 RATIOS = (0.0, 0.25, 0.5, 0.75)
 DEFAULT_FAMILY = "digits_full"  # what the bundled checkpoint is
@@ -32,7 +36,13 @@ TRAIN_FLAGS = (
 
 
 def _train(args: argparse.Namespace) -> int:
-    from neumeta_core.train import train  # heavy imports only where needed
+    import torch
+
+    from neumeta_core import checkpoint, data
+    from neumeta_core.config import presets
+    from neumeta_core.sampling import ratio_for
+    from neumeta_core.targets import family
+    from neumeta_core.train import train
 
     torch.set_num_threads(args.threads)
     target, hyper, cfg = presets(args.target)
@@ -54,22 +64,34 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _width(args: argparse.Namespace, max_width: int) -> int:
-    if args.width is not None:
-        return int(args.width)
-    width = width_for(args.ratio, max_width)
-    if width < 1:
-        raise ValueError(f"ratio {args.ratio} leaves no channels: the ratio must be below 1")
+def _width(args: argparse.Namespace, ckpt: checkpoint.Checkpoint) -> int:
+    from neumeta_core.sampling import ratio_for, width_for
+
+    t = ckpt.target
+    width = int(args.width) if args.width is not None else width_for(args.ratio, t.max_width)
+    if not t.min_width <= width <= t.max_width:
+        asked = f"--width {args.width}" if args.width is not None else f"--ratio {args.ratio} (width {width})"
+        top = ratio_for(t.min_width, t.max_width)
+        raise InputError(f"{asked} is not served: widths {t.min_width}..{t.max_width}, ratios 0..{top:g}")
     return width
 
 
 def _sample(args: argparse.Namespace) -> int:
+    """The file the service would send for the same request (neumeta_core.files.build), without a server."""
+    import torch
+
+    from neumeta_core import checkpoint, files
+
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     ckpt = checkpoint.load(args.checkpoint)
-    width = _width(args, ckpt.target.max_width)
-    model = ckpt.morph.synthesize(width)
-    body = export.to_onnx(ckpt.target.family, model.state_dict())
+    width = _width(args, ckpt)
+    spec = files.spec_for(ckpt, width, args.format, args.dtype, samples=args.samples)
+    body = files.build(ckpt, spec, files.probe(ckpt)).body
     Path(args.out).write_bytes(body)
+    sha = hashlib.sha256(body).hexdigest()
     print(f"wrote {args.out}: width {width}, {ckpt.morph.param_count(width)} parameters, {len(body)} bytes")
+    print(f"sha256 {sha}  spec {spec.digest}")
     return 0
 
 
@@ -82,20 +104,12 @@ def _size_params(args: argparse.Namespace) -> dict[str, str]:
     return params
 
 
-def _download(url: str, ratio: float) -> tuple[bytes, dict[str, str]]:
-    r = httpx.post(f"{url.rstrip('/')}/models", params={"ratio": ratio}, headers=_auth(), timeout=120)
-    r.raise_for_status()
-    return r.content, {k.lower(): v for k, v in r.headers.items()}
-
-
-def _auth() -> dict[str, str]:
-    key = os.environ.get("NEUMETA_API_KEY")
-    return {"Authorization": f"Bearer {key}"} if key else {}
-
-
 def _compare(args: argparse.Namespace) -> int:
     """Hypernetwork against individually trained and L1-pruned networks over a grid of widths."""
-    from neumeta_core import baselines, report
+    import torch
+
+    from neumeta_core import baselines, checkpoint, data, report
+    from neumeta_core.sampling import unseen_widths, width_for
 
     torch.set_num_threads(1)
     ckpt = checkpoint.load(args.checkpoint)
@@ -130,6 +144,10 @@ def _compare(args: argparse.Namespace) -> int:
 
 def _eval(args: argparse.Namespace) -> int:
     """Held-out accuracy of the served ONNX models, run with onnxruntime."""
+    from neumeta_core import checkpoint, data, export
+    from neumeta_core.sampling import width_for
+    from service.client import download
+
     if args.baselines:
         return _compare(args)
     ckpt = None if args.url else checkpoint.load(args.checkpoint)
@@ -138,10 +156,11 @@ def _eval(args: argparse.Namespace) -> int:
     rows = []
     for ratio in args.ratios or RATIOS:
         if ckpt is None:
-            body, headers = _download(args.url, ratio)
+            body, headers = download(args.url, {"ratio": f"{ratio}"}, os.environ.get("NEUMETA_API_KEY"))
             width, params = int(headers["x-neumeta-width"]), int(headers["x-neumeta-params"])
         else:
             width = width_for(ratio, ckpt.target.max_width)
+            ckpt.morph.check_width(width)
             body = export.to_onnx(ckpt.target.family, ckpt.morph.state_dict(width))
             params = ckpt.morph.param_count(width)
         acc = export.accuracy(body, x, y)
@@ -155,57 +174,65 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
-    from pydantic import ValidationError
+    from service.server import serve
 
-    from service.config import Settings
-    from service.main import create_app, load_models, resolve_device
-    from service.protocol import protocol_for, supported
-
-    try:
-        settings = Settings()
-    except ValidationError as exc:
-        print(f"neumeta serve: invalid settings:\n{exc}", file=sys.stderr)
-        return 2
-    try:
-        device = resolve_device(settings.device)
-    except RuntimeError as exc:
-        print(f"neumeta serve: {exc}", file=sys.stderr)
-        return 2
-    try:  # load before uvicorn starts, so a bad file fails in one clear line
-        models = load_models(settings, device)
-    except (OSError, ValueError, RuntimeError) as exc:
-        print(f"neumeta serve: {exc} (NEUMETA_CHECKPOINTS)", file=sys.stderr)
-        return 2
-    logging.basicConfig(level=settings.log_level.upper(), format="%(message)s")
-    app = create_app(settings, models)
-    uvicorn.run(
-        app,
-        http=protocol_for(app.state) if supported() else "auto",
-        host=args.host,
-        port=args.port,
-        log_level=settings.log_level,
-        access_log=False,  # the app writes one JSON line per request
-        proxy_headers=False,  # nothing here uses the client's address; parsing X-Forwarded-* costs every request
-        timeout_graceful_shutdown=int(settings.shutdown_grace),
-    )
-    return 0
+    return serve(args.host, args.port)
 
 
 def _fetch(args: argparse.Namespace) -> int:
-    from service.client import FetchError, fetch
+    from service.client import fetch, partial
 
     try:
         result = fetch(args.url, _size_params(args), args.out, os.environ.get("NEUMETA_API_KEY"))
-    except (FetchError, httpx.HTTPError) as exc:
-        print(f"neumeta fetch: {exc}", file=sys.stderr)
-        return 1
+    except KeyboardInterrupt:
+        part, state = partial(args.out)
+        kept = part.stat().st_size if part.exists() and state.exists() else 0
+        where = f"{kept:,} bytes are kept in {part}: run the same command again to resume" if kept else "nothing kept"
+        print(f"neumeta fetch: interrupted; {where}", file=sys.stderr)
+        return 130
     print(f"{result.status}: {result.path} sha256 {result.sha256}")
     return 0
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, with a usage error in one line (and exit status 2) instead of the usage text and the error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a TCP port: give a number in 1..65535")
+    return value
+
+
+def positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    return value
+
+
+def output(text: str) -> Path:
+    """A file to write: its directory must exist (an error now, not a traceback after the work)."""
+    path = Path(text)
+    if not path.parent.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r}: the directory {str(path.parent)!r} does not exist")
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is a directory: name the file to write")
+    return path
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="neumeta", description="NeuMeta Serve: one network, any size")
+    p = Parser(prog="neumeta", description="NeuMeta Serve: one network, any size")
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser(
@@ -213,10 +240,10 @@ def parser() -> argparse.ArgumentParser:
         help="pretrain a target and train its hypernetwork",
         description="Defaults come from the family's preset (neumeta_core/config.py); each flag overrides one field.",
     )
-    t.add_argument("--target", choices=sorted(FAMILIES), default=DEFAULT_FAMILY, help="target family")
+    t.add_argument("--target", choices=names.FAMILIES, default=DEFAULT_FAMILY, help="target family")
     t.add_argument("--data-dir", type=Path, help="CIFAR-10 python batches (resnet20)")
     t.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: CUDA when available")
-    t.add_argument("--out", type=Path, default=Path("neumeta-checkpoint.pt"))
+    t.add_argument("--out", type=output, default=Path("neumeta-checkpoint.pt"))
     t.add_argument("--seed", type=int)
     t.add_argument("--batch-size", type=int)
     t.add_argument("--pretrain-epochs", type=int)
@@ -257,13 +284,17 @@ def parser() -> argparse.ArgumentParser:
 
     for name, helptext, run in (("sample", "write one ONNX model", _sample), ("eval", "accuracy table", _eval)):
         s = sub.add_parser(name, help=helptext)
-        s.add_argument("--checkpoint", type=Path, default=checkpoint.BUNDLED)
+        s.add_argument("--checkpoint", type=Path, default=names.BUNDLED)
         s.set_defaults(run=run)
     sample = sub.choices["sample"]
     size = sample.add_mutually_exclusive_group(required=True)
     size.add_argument("--ratio", type=float)
     size.add_argument("--width", type=int)
-    sample.add_argument("-o", "--out", type=Path, required=True)
+    sample.add_argument("--format", choices=names.FORMATS, default="onnx")
+    sample.add_argument("--dtype", choices=names.DTYPES, default="float32")
+    sample.add_argument("--samples", type=positive, help="K weight sets averaged (default: the checkpoint's)")
+    sample.add_argument("--threads", type=positive, help="torch threads (the file's bytes depend on it)")
+    sample.add_argument("-o", "--out", type=output, required=True)
     ev = sub.choices["eval"]
     ev.add_argument("--url", help="evaluate models downloaded from a running service instead")
     ev.add_argument("--data-dir", type=Path, help="CIFAR-10 python batches (resnet20 checkpoints)")
@@ -280,7 +311,7 @@ def parser() -> argparse.ArgumentParser:
 
     sv = sub.add_parser("serve", help="run the HTTP service (settings from NEUMETA_* variables)")
     sv.add_argument("--host", default="127.0.0.1")
-    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--port", type=port, default=8000)
     sv.set_defaults(run=_serve)
 
     f = sub.add_parser("fetch", help="download a model: verified, atomic, resumable (key: NEUMETA_API_KEY)")
@@ -290,22 +321,27 @@ def parser() -> argparse.ArgumentParser:
     fsize.add_argument("--width", type=int)
     fsize.add_argument("--max-params", type=int)
     f.add_argument("--model")
-    f.add_argument("--format", choices=export.FORMATS)
-    f.add_argument("--dtype", choices=list(export.DTYPES))
-    f.add_argument("-o", "--out", type=Path, required=True)
+    f.add_argument("--format", choices=names.FORMATS)
+    f.add_argument("--dtype", choices=names.DTYPES)
+    f.add_argument("-o", "--out", type=output, required=True)
     f.set_defaults(run=_fetch)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Bad input (a missing file, a checkpoint that needs --data-dir, a width out of range) is one line on
-    stderr and exit status 2, never a traceback."""
+    """Bad input is one line on stderr and exit status 2, Ctrl-C 130; a bug keeps its traceback."""
+    from service.client import FetchError
+    from service.config import SettingsError
+
     args = parser().parse_args(argv)
     try:
         return int(args.run(args))
-    except (ValueError, OSError) as exc:
+    except (InputError, SettingsError, FetchError) as exc:
         print(f"neumeta {args.command}: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"neumeta {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -16,11 +16,11 @@ from service import metrics
 access = logging.getLogger("neumeta.access")
 
 
-class _TooLarge(Exception):
-    pass
-
-
 class RequestGuard:
+    """The body read whole before the app sees it (so a body over the limit is a 413 however it is sent,
+    Content-Length or chunked), HEAD routed as GET and answered without the body (so it works wherever
+    GET does), and every request timed and logged."""
+
     def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
@@ -30,39 +30,54 @@ class RequestGuard:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        state: dict[str, Any] = {"status": 500, "cache": "-", "sent": False}
+        state: dict[str, Any] = {"status": 500, "cache": "-"}
+        method = scope["method"]
+        if method == "HEAD":  # routed as GET, answered without the body (RFC 9110 9.3.2)
+            scope = {**scope, "method": "GET", "neumeta.head": True}
         headers = dict(scope.get("headers") or [])
         declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
             await self._reject(send, state)
+        elif declared not in (None, b"0") or b"transfer-encoding" in headers:
+            body = await self._read(receive)
+            if body is None:
+                await self._reject(send, state)
+            else:
+                await self._run(scope, _replay(body, receive), send, state)
         else:
             await self._run(scope, receive, send, state)
-        self._record(scope, state, time.perf_counter() - started)
+        self._record(scope, method, state, time.perf_counter() - started)
+
+    async def _read(self, receive: Receive) -> bytes | None:
+        """The whole body, or None as soon as it passes the limit."""
+        chunks: list[bytes] = []
+        size, more = 0, True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                break
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                return None
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        return b"".join(chunks)
 
     async def _run(self, scope: Scope, receive: Receive, send: Send, state: dict[str, Any]) -> None:
-        received = 0
-
-        async def counted_receive() -> Message:
-            nonlocal received
-            message = await receive()
-            received += len(message.get("body", b""))
-            if received > self.max_body_bytes:
-                raise _TooLarge
-            return message
+        head = scope.get("neumeta.head", False)
 
         async def observed_send(message: Message) -> None:
             if message["type"] == "http.response.start":
-                state["status"], state["sent"] = message["status"], True
+                state["status"] = message["status"]
                 for name, value in message.get("headers", []):
                     if name.lower() == b"x-neumeta-cache":
                         state["cache"] = value.decode()
+            elif head and message["type"] == "http.response.body":  # the headers of GET, no body
+                message = {**message, "body": b""}
             await send(message)
 
-        try:
-            await self.app(scope, counted_receive, observed_send)
-        except _TooLarge:
-            if not state["sent"]:
-                await self._reject(send, state)
+        await self.app(scope, receive, observed_send)
 
     async def _reject(self, send: Send, state: dict[str, Any]) -> None:
         body = json.dumps(
@@ -73,16 +88,34 @@ class RequestGuard:
             {
                 "type": "http.response.start",
                 "status": 413,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"connection", b"close"),  # the rest of the body is not read
+                ],
             }
         )
         await send({"type": "http.response.body", "body": body})
 
     @staticmethod
-    def _record(scope: Scope, state: dict[str, Any], seconds: float) -> None:
+    def _record(scope: Scope, method: str, state: dict[str, Any], seconds: float) -> None:
         route = scope.get("route")
         template = getattr(route, "path", None) or "unmatched"  # a template, never the raw path
-        record(template, scope["method"], int(state["status"]), seconds, state["cache"])
+        record(template, method, int(state["status"]), seconds, state["cache"])
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A receive that hands the app the body already read, then waits as the server's would (disconnect)."""
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
 
 
 @functools.lru_cache(maxsize=256)

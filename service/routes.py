@@ -1,38 +1,60 @@
-"""Thin handlers: decode the request, call the synthesizer, encode the answer."""
+"""Thin handlers: decode the request, call the synthesizer, encode the answer.
+
+`GET /models?ratio=0.25` is the cacheable form of `POST /models?ratio=0.25`: the same bytes and headers,
+a strong ETag, `Cache-Control: public, max-age=NEUMETA_MAX_AGE`, 304 for a matching If-None-Match. HEAD
+works wherever GET does (service/middleware.py routes it as GET and sends the headers without the body).
+"""
 
 from __future__ import annotations
 
-import re
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request, Response
+from fastapi import APIRouter, Depends, Request, Response, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import ValidationError
 
 from neumeta_core import export
 from neumeta_core.sampling import ratio_for
 from service import metrics
 from service.cache import Artifact
+from service.conditional import NOT_MODIFIED, byte_range, precondition
 from service.errors import InvalidRequest, ModelNotFound, NotReady, Unauthorized
 from service.hotpath import authorized
-from service.schemas import ERROR_RESPONSES, DType, Format, Health, ModelInfo, ModelRequest, WidthRange
+from service.schemas import (
+    ERROR_RESPONSES,
+    Health,
+    ModelInfo,
+    ModelRequest,
+    WidthRange,
+    json_params,
+    query_params,
+    shown,
+    validate,
+)
 from service.synthesis import Synthesizer
 
 router = APIRouter()
-SHA256 = r"^[0-9a-f]{64}$"
+SHA256 = "^[0-9a-f]{64}$"
+HEX = frozenset("0123456789abcdef")
+bearer = HTTPBearer(
+    auto_error=False,
+    scheme_name="bearer",
+    description="a key of NEUMETA_API_KEYS; needed only when the service has keys",
+)
 
 
 def synthesizer(request: Request) -> Synthesizer:
     synth: Synthesizer | None = getattr(request.app.state, "synth", None)
     if synth is None:
-        raise NotReady("the checkpoint is not loaded yet")
+        raise NotReady("the checkpoints are still loading: retry after the Retry-After seconds (GET /readyz)")
     return synth
 
 
-def require_key(request: Request, authorization: Annotated[str | None, Header()] = None) -> None:
-    """Bearer keys compared in constant time; no keys configured means no authentication."""
+def require_key(request: Request, _: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)] = None) -> None:
+    """Bearer keys compared in constant time (the hot path's check); no keys configured: no authentication."""
     keys: tuple[bytes, ...] = request.app.state.api_keys
-    if keys and not authorized(authorization.encode("latin-1") if authorization else None, keys):
+    header = request.headers.get("authorization")
+    if keys and not authorized(header.encode("latin-1") if header else None, keys):
         raise Unauthorized("this route needs an API key: send 'Authorization: Bearer <key>'")
 
 
@@ -40,63 +62,96 @@ Synth = Annotated[Synthesizer, Depends(synthesizer)]
 Authorized = [Depends(require_key)]
 
 
-def model_headers(artifact: Artifact, cached: bool) -> dict[str, str]:
+def _query_parameters() -> list[dict[str, Any]]:
+    """ModelRequest's fields as OpenAPI query parameters (the handlers parse the query string themselves,
+    with the same model as the JSON body)."""
+    schema = ModelRequest.model_json_schema()
+    return [
+        {"name": name, "in": "query", "required": False, "schema": prop, "description": prop.get("description", "")}
+        for name, prop in schema["properties"].items()
+    ]
+
+
+QUERY = _query_parameters()
+FILE = {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
+SIZE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"content": FILE, "description": "the model file"},
+    304: {"description": "If-None-Match matched (GET, HEAD): the client already has these bytes"},
+    **ERROR_RESPONSES,
+}
+
+
+def is_head(request: Request) -> bool:
+    """A HEAD request, which service/middleware.py routes as GET: no body goes out."""
+    return bool(request.scope.get("neumeta.head"))
+
+
+def file_headers(artifact: Artifact, cached: bool) -> dict[str, str]:
     return {**artifact.headers, "X-NeuMeta-Cache": "hit" if cached else "miss"}
 
 
-def etag_matches(if_none_match: str | None, sha256: str) -> bool:
-    if not if_none_match:
-        return False
-    tags = {t.strip().removeprefix("W/") for t in if_none_match.split(",")}
-    return "*" in tags or f'"{sha256}"' in tags
+async def size_answer(request: Request, synth: Synthesizer, params: dict[str, Any], query: bytes | None) -> Response:
+    """The file a size request names, with the conditional rules of RFC 9110 (service/conditional.py)."""
+    req = validate(params, synth.request_hint())
+    ckpt, width = synth.resolve(req)
+    artifact, cached = await synth.get(ckpt, synth.spec(ckpt, width, req.format, req.dtype), query)
+    headers = file_headers(artifact, cached)
+    h = request.headers
+    if precondition(request.method, h.get("if-match"), h.get("if-none-match"), artifact.etag) == NOT_MODIFIED:
+        return Response(status_code=304, headers=headers)
+    if not is_head(request):
+        metrics.BYTES.inc(len(artifact.body))
+    return Response(artifact.body, media_type=artifact.media_type, headers=headers)
 
 
-def _request(query: dict[str, object], body: ModelRequest | None, synth: Synthesizer) -> ModelRequest:
-    given = {k: v for k, v in query.items() if v is not None}
-    if body is not None:
-        if given:
-            raise InvalidRequest("give the parameters either in the query string or in a JSON body, not both")
-        return body
-    try:
-        return ModelRequest(**given)
-    except ValidationError as exc:
-        reasons = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors())
-        raise InvalidRequest(f"{reasons}. {synth.request_hint()}") from None
+@router.get(
+    "/models",
+    dependencies=Authorized,
+    response_model=None,
+    responses={
+        200: {
+            "content": {"application/json": {"schema": {"type": "array", "items": ModelInfo.model_json_schema()}}}
+            | FILE,
+            "description": "without parameters: the loaded checkpoints (JSON); with a size: the model file",
+        },
+        304: SIZE_RESPONSES[304],
+        **ERROR_RESPONSES,
+    },
+    openapi_extra={"parameters": QUERY},
+    summary="List the loaded checkpoints, or (given a size) download a model: the cacheable form of POST",
+)
+async def get_models(request: Request, synth: Synth) -> Any:
+    query = request.scope["query_string"]
+    params = query_params(query)
+    if not params:
+        return list_models(synth)
+    return await size_answer(request, synth, params, query)
 
 
 @router.post(
     "/models",
     response_class=Response,
     dependencies=Authorized,
-    responses={
-        200: {"content": {"application/octet-stream": {}}, "description": "the model file"},
-        304: {"description": "If-None-Match matched: the client already has these bytes"},
-        **ERROR_RESPONSES,
+    responses=SIZE_RESPONSES,
+    openapi_extra={
+        "parameters": QUERY,
+        "requestBody": {
+            "required": False,
+            "description": "the same parameters as JSON, instead of the query string",
+            "content": {"application/json": {"schema": ModelRequest.model_json_schema()}},
+        },
     },
     summary="Synthesize a model of the requested size and download it",
 )
-async def create_model(
-    request: Request,
-    synth: Synth,
-    ratio: Annotated[float | None, Query(description="compression ratio gamma = 1 - h/h_max")] = None,
-    width: Annotated[int | None, Query(description="hidden width h")] = None,
-    max_params: Annotated[int | None, Query(description="parameter budget: the largest width that fits")] = None,
-    model: Annotated[str | None, Query(description="checkpoint name; default the first")] = None,
-    format: Annotated[Format | None, Query(description="onnx (default) or safetensors")] = None,
-    dtype: Annotated[DType | None, Query(description="float32 (default) or float16")] = None,
-    body: Annotated[ModelRequest | None, Body(description="the same parameters as JSON")] = None,
-    if_none_match: Annotated[str | None, Header()] = None,
-) -> Response:
-    query = {"ratio": ratio, "width": width, "max_params": max_params, "model": model, "format": format}
-    req = _request({**query, "dtype": dtype}, body, synth)
-    ckpt, size = synth.resolve(req)
-    asked = request.scope["query_string"] if body is None else None  # the hot path answers its hits from now on
-    artifact, cached = await synth.get(ckpt, size, req.format, req.dtype, asked)
-    headers = model_headers(artifact, cached)
-    if etag_matches(if_none_match, artifact.sha256):
-        return Response(status_code=304, headers=headers)
-    metrics.BYTES.inc(len(artifact.body))
-    return Response(artifact.body, media_type=artifact.media_type, headers=headers)
+async def create_model(request: Request, synth: Synth) -> Response:
+    query = request.scope["query_string"]
+    params = query_params(query)
+    body = await request.body()  # read whole, within NEUMETA_MAX_BODY_BYTES (service/middleware.py)
+    if not body:
+        return await size_answer(request, synth, params, query)
+    if params:
+        raise InvalidRequest("give the parameters either in the query string or in a JSON body, not both")
+    return await size_answer(request, synth, json_params(body, request.headers.get("content-type")), None)
 
 
 @router.get(
@@ -104,59 +159,52 @@ async def create_model(
     response_class=Response,
     dependencies=Authorized,
     responses={
-        200: {"content": {"application/octet-stream": {}}, "description": "the model file"},
-        206: {"description": "the requested byte range"},
+        200: {"content": FILE, "description": "the model file"},
+        206: {"content": FILE, "description": "the requested byte range"},
         304: {"description": "If-None-Match matched"},
         416: {"description": "the range lies outside the file"},
         **ERROR_RESPONSES,
     },
+    openapi_extra={
+        "parameters": [
+            {
+                "name": "sha256",
+                "in": "path",
+                "required": True,
+                "schema": {"type": "string", "pattern": SHA256},
+                "description": "sha256 of the file, from the ETag or Location of a size request",
+            }
+        ]
+    },
     summary="Download a generated model by its sha256 (immutable; supports ETag and Range)",
 )
-async def get_model(
-    synth: Synth,
-    sha256: Annotated[str, Path(pattern=SHA256, description="sha256 of the file, from ETag or Location")],
-    if_none_match: Annotated[str | None, Header()] = None,
-    range_: Annotated[str | None, Header(alias="range")] = None,
-) -> Response:
+async def get_model(request: Request, synth: Synth, sha256: str) -> Response:
+    if len(sha256) != 64 or not HEX.issuperset(sha256):
+        raise InvalidRequest(
+            f"{shown(sha256)} is not a sha256: 64 lowercase hex digits, as in the ETag or Location of a model"
+        )
     artifact = await synth.store.get_by_sha(sha256)
     if artifact is None:
-        raise ModelNotFound(f"model {sha256} is not in the cache (evicted or never made): POST /models to make it")
-    headers = artifact.address_headers
-    if etag_matches(if_none_match, sha256):
+        raise ModelNotFound(
+            f"model {sha256} is not in the cache (evicted, or never made here): ask for its size again "
+            "(GET or POST /models?ratio=…) to make it"
+        )
+    headers = dict(artifact.address_headers)
+    h = request.headers
+    if precondition(request.method, h.get("if-match"), h.get("if-none-match"), artifact.etag) == NOT_MODIFIED:
         return Response(status_code=304, headers=headers)
     body = artifact.body
-    try:
-        span = byte_range(range_, len(body))
-    except ValueError:
-        return Response(status_code=416, headers={**headers, "Content-Range": f"bytes */{len(body)}"})
+    span = byte_range(h.get("range"), h.get("if-range"), artifact.etag, len(body))
     if span is None:
-        metrics.BYTES.inc(len(body))
+        metrics.BYTES.inc(0 if is_head(request) else len(body))
         return Response(body, media_type=artifact.media_type, headers=headers)
     start, end = span
-    metrics.BYTES.inc(end - start + 1)
+    metrics.BYTES.inc(0 if is_head(request) else end - start + 1)
     headers["Content-Range"] = f"bytes {start}-{end}/{len(body)}"
     return Response(body[start : end + 1], status_code=206, media_type=artifact.media_type, headers=headers)
 
 
-def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
-    """One 'bytes=a-b', 'bytes=a-' or 'bytes=-n' range -> (first, last); None: serve it all.
-
-    ValueError when the range lies outside the file (416)."""
-    m = re.fullmatch(r"bytes=(\d*)-(\d*)", (header or "").strip())
-    if m is None or m.groups() == ("", ""):
-        return None  # absent, multi-range or malformed: a full 200 is allowed (RFC 9110 14.2)
-    first, last = m.groups()
-    if first == "":
-        start, end = max(size - int(last), 0), size - 1
-    else:
-        start, end = int(first), min(int(last), size - 1) if last else size - 1
-    if start >= size or start > end:
-        raise ValueError(f"range {header} lies outside {size} bytes")
-    return start, end
-
-
-@router.get("/models", dependencies=Authorized, responses=ERROR_RESPONSES, summary="The loaded checkpoints")
-async def list_models(synth: Synth) -> list[ModelInfo]:
+def list_models(synth: Synthesizer) -> list[ModelInfo]:
     infos = []
     for name, ckpt in synth.models.items():
         t = ckpt.target
@@ -172,7 +220,7 @@ async def list_models(synth: Synth) -> list[ModelInfo]:
                 max_ratio=ratio_for(t.min_width, t.max_width),
                 params={w: ckpt.morph.param_count(w) for w in widths},
                 accuracy=ckpt.accuracy,
-                samples=ckpt.morph.samples,
+                samples=synth.settings.samples or ckpt.morph.samples,
                 formats=list(export.FORMATS),
                 dtypes=list(export.DTYPES),
             )
@@ -180,8 +228,8 @@ async def list_models(synth: Synth) -> list[ModelInfo]:
     return infos
 
 
-@router.get("/healthz", summary="Liveness: the process is up", response_model_exclude_none=True)
-@router.get("/v2/health/live", summary="Liveness (Open Inference Protocol)", response_model_exclude_none=True)
+@router.get("/healthz", response_model_exclude_none=True, summary="Liveness: the process is up (also while loading)")
+@router.get("/v2/health/live", response_model_exclude_none=True, summary="Liveness (Open Inference Protocol)")
 async def healthz() -> Health:
     return Health(status="ok")
 
@@ -189,7 +237,7 @@ async def healthz() -> Health:
 @router.get("/readyz", responses=ERROR_RESPONSES, summary="Readiness: checkpoints loaded and warmed up")
 @router.get("/v2/health/ready", responses=ERROR_RESPONSES, summary="Readiness (Open Inference Protocol)")
 async def readyz(synth: Synth) -> Health:
-    """Ready while the models are loaded; a Redis outage reports 'degraded' but stays ready."""
+    """Ready once the models are loaded and warmed up; a Redis outage reports 'degraded' but stays ready."""
     remote = synth.store.remote
     redis = "disabled" if remote is None else ("ok" if await remote.ping() else "degraded")
     return Health(status="ready", checkpoint=synth.checkpoint(None).digest, redis=redis)

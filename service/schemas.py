@@ -1,13 +1,23 @@
-"""Request and response models for the OpenAPI schema; validation messages say what is valid."""
+"""Request and response models for the OpenAPI schema, and the one validation of a size request.
+
+A size request's parameters come from the query string (GET, HEAD or POST /models) or, all of them, from
+a JSON body (POST): both are validated by `ModelRequest`, so an unknown or a repeated parameter, a wrong
+type or a value out of range is refused alike, with a message that says what was wrong and what is valid.
+"""
 
 from __future__ import annotations
 
 from typing import Any, Literal
+from urllib.parse import parse_qsl
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+import pydantic_core
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from service.errors import BadRequest, InvalidRequest, UnsupportedMediaType
 
 Format = Literal["onnx", "safetensors"]
 DType = Literal["float32", "float16"]
+SIZES = ("ratio", "width", "max_params")
 
 
 class ModelRequest(BaseModel):
@@ -19,15 +29,77 @@ class ModelRequest(BaseModel):
     width: int | None = Field(None, description="hidden width h")
     max_params: int | None = Field(None, description="the largest width whose parameter count fits this budget")
     model: str | None = Field(None, description="name of a loaded checkpoint (GET /models); default: the first")
-    format: Format = "onnx"
-    dtype: DType = "float32"
+    format: Format = Field("onnx", description="onnx (default) or safetensors (the state dict)")
+    dtype: DType = Field("float32", description="float32 (default) or float16 (weights stored in half precision)")
 
-    @model_validator(mode="after")
-    def _one_size(self) -> ModelRequest:
-        given = [n for n in ("ratio", "width", "max_params") if getattr(self, n) is not None]
-        if len(given) != 1:
-            raise ValueError(f"give exactly one of ratio, width or max_params (got {', '.join(given) or 'none'})")
-        return self
+    @property
+    def sizes(self) -> list[str]:
+        return [n for n in SIZES if getattr(self, n) is not None]
+
+
+def shown(value: object, limit: int = 40) -> str:
+    """A client's value inside a message: quoted, and cut short so that a long one is not echoed whole."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "…'"
+
+
+def query_params(raw: bytes) -> dict[str, str]:
+    """The query string's parameters; a parameter given twice is refused (its last value would win silently)."""
+    pairs = parse_qsl(raw.decode("latin-1"), keep_blank_values=True)
+    params: dict[str, str] = {}
+    for name, value in pairs:
+        if name in params:
+            count = sum(1 for n, _ in pairs if n == name)
+            raise InvalidRequest(f"{shown(name)} is given {count} times: give each parameter once")
+        params[name] = value
+    return params
+
+
+def json_params(body: bytes, content_type: str | None) -> dict[str, Any]:
+    """A JSON body's parameters. 415 for another media type, 400 for bytes that are not one JSON object."""
+    media = (content_type or "application/json").split(";")[0].strip().lower()
+    if media != "application/json":
+        raise UnsupportedMediaType(
+            f"a body of type {shown(media)} is not read: send the parameters as JSON (Content-Type: "
+            "application/json) or in the query string"
+        )
+    try:
+        data = pydantic_core.from_json(body)  # bounded nesting: a deep body is an error, not a RecursionError
+    except ValueError as exc:
+        raise BadRequest(f"the body is not valid JSON ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise BadRequest('the JSON body must be an object of parameters, such as {"ratio": 0.25}')
+    return data
+
+
+def validate(params: dict[str, Any], hint: str) -> ModelRequest:
+    """`params` as a ModelRequest with exactly one size, or InvalidRequest: the reasons, then `hint` (what
+    is valid), each stated once."""
+    try:
+        req = ModelRequest.model_validate(params)
+    except ValidationError as exc:
+        raise InvalidRequest(f"{'; '.join(_reason(e) for e in exc.errors())}. {hint}") from None
+    if not req.sizes:
+        raise InvalidRequest(f"no size given. {hint}")
+    if len(req.sizes) > 1:
+        raise InvalidRequest(f"{len(req.sizes)} sizes given ({', '.join(req.sizes)}). {hint}")
+    return req
+
+
+def _reason(error: Any) -> str:
+    name = str(error["loc"][0]) if error["loc"] else "the parameters"
+    kind, given = error["type"], shown(error.get("input"))
+    if kind == "extra_forbidden":
+        return f"unknown parameter {shown(name)}"
+    if kind.startswith("float_"):
+        return f"{name}={given} is not a number"
+    if kind.startswith("int_"):
+        return f"{name}={given} is not an integer"
+    if kind == "literal_error":
+        return f"{name}={given} is not supported"
+    if kind == "string_type":
+        return f"{name} must be a string, not {given}"
+    return f"{name}={given}: {error['msg']}"
 
 
 class Health(BaseModel):
@@ -62,10 +134,18 @@ class ErrorBody(BaseModel):
     detail: str
 
 
+def _error(description: str) -> dict[str, Any]:
+    return {"model": ErrorBody, "description": description}
+
+
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    401: {"model": ErrorBody, "description": "an API key is required (Authorization: Bearer KEY)"},
-    404: {"model": ErrorBody, "description": "no such model"},
-    422: {"model": ErrorBody, "description": "invalid input; the detail names the valid range"},
-    503: {"model": ErrorBody, "description": "not ready, or the synthesis queue is full (see Retry-After)"},
-    504: {"model": ErrorBody, "description": "the synthesis took longer than the request timeout"},
+    400: _error("the body is not a JSON object"),
+    401: _error("an API key is required (Authorization: Bearer KEY)"),
+    404: _error("no such model, or no such file"),
+    412: _error("If-Match failed, or If-None-Match matched on a POST"),
+    413: _error("the request body is over NEUMETA_MAX_BODY_BYTES"),
+    415: _error("a body that is not application/json"),
+    422: _error("invalid input; the detail names what is valid"),
+    503: _error("not ready, or the synthesis queue is full (see Retry-After)"),
+    504: _error("the synthesis took longer than the request timeout"),
 }

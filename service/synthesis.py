@@ -1,6 +1,6 @@
 """cache -> single flight -> worker thread -> neumeta_core -> cache.
 
-In one process, concurrent requests for one key share one future. Across replicas, a Redis lock
+In one process, concurrent requests for one file share one future. Across replicas, a Redis lock
 lets one replica synthesise while the others poll Redis for its result, up to `lock_timeout`,
 after which they synthesise themselves. The work runs on one worker thread per device.
 """
@@ -13,20 +13,18 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import torch
-
-from neumeta_core import export
+from neumeta_core import export, files
 from neumeta_core.checkpoint import Checkpoint
+from neumeta_core.files import FileSpec
 from neumeta_core.sampling import ratio_for, width_for
 from service import metrics
-from service.cache import Artifact, CacheKey, ModelStore
+from service.cache import Artifact, ModelStore, key_of
 from service.config import Settings
-from service.errors import InvalidRequest, ModelNotFound, Overloaded, ServiceError, SynthesisTimeout
+from service.errors import InvalidRequest, ModelNotFound, Overloaded, SynthesisTimeout
 from service.hotpath import QueryMemo
-from service.schemas import ModelRequest
+from service.schemas import ModelRequest, shown
 
 log = logging.getLogger("neumeta.synthesis")
-MAX_EXPORT_ERROR = 1e-4  # the file vs the torch model on the probe batch
 POLL_SECONDS = 0.05
 
 
@@ -37,18 +35,17 @@ class Synthesizer:
         self.store = store
         self.settings = settings
         self._worker = ThreadPoolExecutor(max_workers=settings.max_concurrent, thread_name_prefix="synthesis")
-        self._inflight: dict[CacheKey, asyncio.Future[Artifact]] = {}
-        self.queries = QueryMemo()  # POST /models query strings already resolved (service/hotpath.py)
-        self._probes = {  # one fixed input batch per model, in its family's input shape
-            name: torch.rand(8, *c.morph.family.input_shape, generator=torch.Generator().manual_seed(0))
-            for name, c in models.items()
-        }
+        self._inflight: dict[str, asyncio.Future[Artifact]] = {}
+        self.queries = QueryMemo()  # size-request query strings already resolved (service/hotpath.py)
+        self._names = {c.digest: name for name, c in models.items()}
+        self._probes = {name: files.probe(c) for name, c in models.items()}
+        self._engines = {name: files.engine(c.morph.device) for name, c in models.items()}
 
     # -- validation at the boundary ------------------------------------------------------
     def checkpoint(self, name: str | None) -> Checkpoint:
         name = name or self.default
         if name not in self.models:
-            raise ModelNotFound(f"no model {name!r}; loaded: {', '.join(self.models)} (GET /models lists them)")
+            raise ModelNotFound(f"no model {shown(name)}; loaded: {', '.join(self.models)} (GET /models lists them)")
         return self.models[name]
 
     @staticmethod
@@ -64,10 +61,10 @@ class Synthesizer:
         """What is valid, for the detail of a 422 (after the reason, which says what was wrong)."""
         ckpt = self.checkpoint(None)
         return (
-            f"{self.ratio_hint(ckpt)}; width must be an "
+            f"Give exactly one of ratio, width or max_params: {self.ratio_hint(ckpt)}; width must be an "
             f"integer in {ckpt.target.min_width}..{ckpt.target.max_width}; max_params at least "
-            f"{ckpt.morph.param_count(ckpt.target.min_width)}. format: {' | '.join(export.FORMATS)}; "
-            f"dtype: {' | '.join(export.DTYPES)}"
+            f"{ckpt.morph.param_count(ckpt.target.min_width)}. Optional: model ({' | '.join(self.models)}), "
+            f"format ({' | '.join(export.FORMATS)}), dtype ({' | '.join(export.DTYPES)})"
         )
 
     def resolve(self, req: ModelRequest) -> tuple[Checkpoint, int]:
@@ -91,19 +88,30 @@ class Synthesizer:
             raise InvalidRequest(f"max_params={req.max_params} fits no width: the smallest model has {smallest}")
         return ckpt, max(fits)
 
-    def key(self, ckpt: Checkpoint, width: int, fmt: str, dtype: str) -> CacheKey:
-        return CacheKey(ckpt.digest, width, fmt, dtype, self.settings.precision)
+    def spec(self, ckpt: Checkpoint, width: int, fmt: str = "onnx", dtype: str = "float32") -> FileSpec:
+        """Everything the file's bytes depend on: this process's settings (K, precision) and engine."""
+        return FileSpec(
+            checkpoint=ckpt.digest,
+            width=width,
+            format=fmt,
+            dtype=dtype,
+            samples=self.settings.samples or ckpt.morph.samples,
+            quadrature=ckpt.train.quadrature,
+            precision=self.settings.precision,
+            engine=self._engines[self._names[ckpt.digest]],
+        )
+
+    def name(self, ckpt: Checkpoint) -> str:
+        return self._names[ckpt.digest]
 
     # -- the cached, single-flight path ----------------------------------------------------
-    async def get(
-        self, ckpt: Checkpoint, width: int, fmt: str, dtype: str, query: bytes | None = None
-    ) -> tuple[Artifact, bool]:
+    async def get(self, ckpt: Checkpoint, spec: FileSpec, query: bytes | None = None) -> tuple[Artifact, bool]:
         """(artifact, served from a cache?). `query`: the validated query string that asked for it,
         which the hot path then answers from memory (service/hotpath.py)."""
-        key = self.key(ckpt, width, fmt, dtype)
+        key = spec.digest
         if query is not None:
-            self.queries.remember(query, key)
-        cached = await self.store.get(key)
+            self.queries.remember(query, key_of(spec))
+        cached = await self.store.get(spec)
         if cached is not None:
             return cached, True
         pending = self._inflight.get(key)
@@ -113,7 +121,7 @@ class Synthesizer:
             if len(self._inflight) >= self.settings.max_concurrent + self.settings.max_queue:
                 metrics.REJECTED.labels("queue_full").inc()
                 raise Overloaded(f"{len(self._inflight)} syntheses are under way; retry shortly")
-            pending = asyncio.ensure_future(self._produce(key, ckpt))
+            pending = asyncio.ensure_future(self._produce(spec, ckpt))
             self._inflight[key] = pending
             pending.add_done_callback(lambda _: self._inflight.pop(key, None))
         try:
@@ -121,88 +129,65 @@ class Synthesizer:
         except TimeoutError:
             raise SynthesisTimeout(f"synthesis took longer than {self.settings.request_timeout:g} s") from None
 
-    async def _produce(self, key: CacheKey, ckpt: Checkpoint) -> Artifact:
+    async def _produce(self, spec: FileSpec, ckpt: Checkpoint) -> Artifact:
         remote = self.store.remote
-        lock = remote.lock(key, self.settings.lock_timeout) if remote else None
+        lock = remote.lock(key_of(spec), self.settings.lock_timeout) if remote else None
         owned = await remote.acquire(lock) if remote and lock else None
         try:
             if owned is False:  # another replica is on it: wait for its result
-                artifact = await self._await_remote(key)
+                artifact = await self._await_remote(spec)
                 if artifact is not None:
                     return artifact
-            loop = asyncio.get_running_loop()
-            metrics.QUEUE.inc()  # until the worker picks it up
-            artifact = await loop.run_in_executor(self._worker, self._build, key, ckpt)
+            artifact = await self.build(spec, ckpt)
             await self.store.put(artifact)
             return artifact
         finally:
             if owned and remote and lock:
                 await remote.release(lock)
 
-    async def _await_remote(self, key: CacheKey) -> Artifact | None:
+    async def build(self, spec: FileSpec, ckpt: Checkpoint) -> Artifact:
+        """The file, made on the worker thread (the queue-depth gauge counts it until the worker starts)."""
+        metrics.QUEUE.inc()
+        return await asyncio.get_running_loop().run_in_executor(self._worker, self._build, spec, ckpt)
+
+    async def _await_remote(self, spec: FileSpec) -> Artifact | None:
         deadline = time.monotonic() + self.settings.lock_timeout
         while time.monotonic() < deadline:
             await asyncio.sleep(POLL_SECONDS)
-            artifact = await self.store.get_remote(key)
+            artifact = await self.store.get_remote(spec)
             if artifact is not None:
                 metrics.REMOTE_WAITS.labels("served").inc()
                 return artifact
         metrics.REMOTE_WAITS.labels("timed_out").inc()
         return None
 
-    def _build(self, key: CacheKey, ckpt: Checkpoint) -> Artifact:
-        """Runs on the worker thread: synthesize, serialize, verify."""
+    def _build(self, spec: FileSpec, ckpt: Checkpoint) -> Artifact:
+        """Runs on the worker thread: synthesize, serialize, verify (neumeta_core.files.build)."""
         metrics.QUEUE.dec()
         metrics.IN_FLIGHT.inc()
         try:
-            return self._synthesize(key, ckpt)
+            built = files.build(ckpt, spec, self._probes[self.name(ckpt)])
         finally:
             metrics.IN_FLIGHT.dec()
-
-    def _synthesize(self, key: CacheKey, ckpt: Checkpoint) -> Artifact:
-        started = time.perf_counter()
-        state = ckpt.morph.state_dict(key.width, key.precision)
-        synthesized = time.perf_counter()
-        ratio = ratio_for(key.width, ckpt.target.max_width)
-        meta = {"neumeta.width": str(key.width), "neumeta.ratio": f"{ratio:g}", "neumeta.checkpoint": ckpt.digest}
-        if key.precision != "float32":
-            meta["neumeta.precision"] = key.precision
-        body = export.serialize(ckpt.target.family, state, key.format, key.dtype, meta)
-        exported = time.perf_counter()
-        error = self._verify(body, key, ckpt, state)
-        if not error <= MAX_EXPORT_ERROR:
-            raise ServiceError(f"the exported {key.format} model differs from torch by {error:.2e}")
         metrics.SYNTHESES.inc()
-        metrics.STAGE.labels("synthesize").observe(synthesized - started)
-        metrics.STAGE.labels("export").observe(exported - synthesized)
-        metrics.STAGE.labels("verify").observe(time.perf_counter() - exported)
+        for stage, seconds in built.seconds.items():
+            metrics.STAGE.labels(stage).observe(seconds)
         return Artifact(
-            body=body,
-            sha256=hashlib.sha256(body).hexdigest(),
-            model=self._name(ckpt),
-            checkpoint=ckpt.digest,
-            width=key.width,
-            params=ckpt.morph.param_count(key.width),
-            ratio=ratio,
-            format=key.format,
-            dtype=key.dtype,
-            precision=key.precision,
+            spec=spec,
+            body=built.body,
+            sha256=hashlib.sha256(built.body).hexdigest(),
+            model=self.name(ckpt),
+            params=ckpt.morph.param_count(spec.width),
+            ratio=ratio_for(spec.width, ckpt.target.max_width),
+            policy=self.store.policy,
         )
 
-    def _verify(self, body: bytes, key: CacheKey, ckpt: Checkpoint, state: dict[str, torch.Tensor]) -> float:
-        if key.format == "safetensors":
-            return export.verify_safetensors(body, state, key.dtype)
-        model = ckpt.morph.family.build(ckpt.target, key.width).to(ckpt.morph.device)
-        model.load_state_dict(export.rounded(state, key.dtype))
-        return export.verify(body, model.eval(), self._probes[self._name(ckpt)])
-
-    def _name(self, ckpt: Checkpoint) -> str:
-        return next(name for name, c in self.models.items() if c is ckpt)
-
-    def warm_up(self) -> None:
-        """One synthesis per model before readiness, so no request pays first-call costs."""
+    async def warm_up(self) -> None:
+        """Before readiness: each model's full-width ONNX file made once, so that no request pays first-call
+        costs, and kept in the cache, so that the first request for it is a hit."""
         for ckpt in self.models.values():
-            self._synthesize(self.key(ckpt, ckpt.target.max_width, "onnx", "float32"), ckpt)
+            spec = self.spec(ckpt, ckpt.target.max_width)
+            await self.store.put(await self.build(spec, ckpt))
 
     def close(self) -> None:
         self._worker.shutdown(wait=True, cancel_futures=True)

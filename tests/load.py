@@ -1,8 +1,10 @@
 """A bounded load generator for the load and fault tests (`make test`) and the soak run (`make soak`).
 
-Clients loop for a fixed time over a mix of size requests, each to one of the given servers (replicas
-sharing one Redis). Every answer is recorded: its status, and for a 200 the sha256 of its body, so a
-run can prove that one request always got the same bytes, from any replica, cached or not.
+Clients share a fixed number of requests over a mix of size requests (POST and the GET form) and
+content-address GETs, each to one of the given servers (replicas sharing one Redis). Every answer is
+recorded: its status, and for a 200 the sha256 of its body, so a run can prove that one request always
+got the same bytes, from any replica, cached or not. A run is bounded by its request count, never by a
+time, so a busy machine makes it slower, not different; faults are injected at given request counts.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from urllib.parse import urlencode
 
 import httpx
 
-# POST /models queries: ratios, widths, a budget, both formats and dtypes (and GET by content address)
+# size requests: ratios, widths, a budget, both formats and dtypes (and GET by content address)
 MIX: list[dict[str, str]] = [
     *[{"ratio": f"{r:g}"} for r in (0, 0.125, 0.25, 0.375, 0.5, 0.625, 0.75)],
     *[{"width": str(w)} for w in (9, 11, 13, 17, 21, 27, 31)],
@@ -67,36 +69,63 @@ class LoadResult:
         }
 
 
+class Progress:
+    """How many answers have come back; `reached(n)` waits for the n-th (to inject a fault mid-run)."""
+
+    def __init__(self) -> None:
+        self.done = 0
+        self._waiting: list[tuple[int, asyncio.Event]] = []
+
+    def tick(self) -> None:
+        self.done += 1
+        for n, event in self._waiting:
+            if self.done >= n:
+                event.set()
+
+    async def reached(self, n: int) -> None:
+        if self.done < n:
+            event = asyncio.Event()
+            self._waiting.append((n, event))
+            await event.wait()
+
+
 async def run_load(
     urls: list[str],
     clients: int,
-    seconds: float,
-    chaos: Callable[[], Awaitable[None]] | None = None,
-    timeout: float = 60.0,
+    requests: int,
+    chaos: Callable[[Progress], Awaitable[None]] | None = None,
+    timeout: float = 120.0,
 ) -> LoadResult:
-    """`clients` concurrent loops for `seconds` over MIX and GET /models/{sha256}, spread over `urls`;
-    `chaos` runs alongside (kill a Redis, signal a server)."""
+    """`requests` requests in all, from `clients` concurrent loops over MIX (as POST and as the GET form) and
+    GET /models/{sha256}, spread over `urls`; `chaos(progress)` runs alongside (kill a Redis, signal a
+    server) at the request counts it chooses."""
     result = LoadResult()
     known: dict[str, str] = {}  # sha256 -> the request that produced it, for content-address GETs
-    stop = time.monotonic() + seconds
+    progress = Progress()
+    issued = 0
 
-    async def client(n: int, http: httpx.AsyncClient) -> None:
-        i = n
-        while time.monotonic() < stop:
+    async def client(http: httpx.AsyncClient) -> None:
+        nonlocal issued
+        while issued < requests:
+            i = issued
+            issued += 1
             url = urls[i % len(urls)]
+            query = MIX[(i // 2) % len(MIX)]
             if i % 5 == 4 and known:
                 sha = sorted(known)[i % len(known)]
                 name, request = f"GET {sha[:12]}", http.get(f"{url}/models/{sha}")
+            elif i % 2:  # the GET form answers the same bytes as POST: one name for both
+                name, request = f"size {urlencode(query)}", http.get(f"{url}/models", params=query)
             else:
-                query = MIX[i % len(MIX)]
-                name, request = f"POST {urlencode(query)}", http.post(f"{url}/models", params=query)
-            i += clients
+                name, request = f"size {urlencode(query)}", http.post(f"{url}/models", params=query)
             started = time.monotonic()
             try:
                 r = await request
             except httpx.HTTPError as exc:
                 result.errors.append(f"{name}: {type(exc).__name__}: {exc}")
+                progress.tick()
                 continue
+            progress.tick()
             result.latencies.append(time.monotonic() - started)
             result.statuses[r.status_code] = result.statuses.get(r.status_code, 0) + 1
             if name.startswith("GET"):
@@ -111,7 +140,7 @@ async def run_load(
     started = time.monotonic()
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     async with httpx.AsyncClient(timeout=timeout, limits=limits) as http:
-        tasks = [client(n, http) for n in range(clients)]
-        await asyncio.gather(*tasks, *([chaos()] if chaos else []))
+        tasks = [client(http) for _ in range(clients)]
+        await asyncio.gather(*tasks, *([chaos(progress)] if chaos else []))
     result.seconds = time.monotonic() - started
     return result

@@ -1,7 +1,9 @@
-"""Real processes for tests: a redis-server of our own on a free loopback port, the `neumeta` command."""
+"""Real processes for tests: a redis-server of our own on a free loopback port, the `neumeta` command, and
+Debian's nginx with the shipped proxy config."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -56,3 +58,78 @@ class RedisServer:
 
     def client(self) -> redis.Redis:
         return redis.Redis(port=self.port)
+
+
+NGINX_TEMPLATE = Path(__file__).resolve().parent.parent / "docker/nginx/neumeta.conf.template"
+
+
+def render(template: str, env: dict[str, str]) -> str:
+    """envsubst as the nginx image runs it: only ${NAME} of the given variables is replaced."""
+    for name, value in env.items():
+        template = template.replace("${" + name + "}", value)
+    return template
+
+
+class Nginx:
+    """Debian's nginx with the shipped proxy config (docker/nginx/neumeta.conf.template), in front of a
+    service at `upstream`, everything in `workdir`. The main config stands in for the nginx image's own."""
+
+    def __init__(self, workdir: Path, upstream: str, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.workdir = workdir
+        self.proc: subprocess.Popen[bytes] | None = None
+        workdir.mkdir(parents=True, exist_ok=True)
+        env = {
+            "NEUMETA_UPSTREAM": upstream,
+            "NGINX_PORT": f"127.0.0.1:{self.port}",
+            "NGINX_CACHE_DIR": str(workdir / "cache"),
+            "NGINX_CACHE_MAX_SIZE": "256m",
+        }
+        (workdir / "neumeta.conf").write_text(render(NGINX_TEMPLATE.read_text(), env))
+        lines = [
+            "user root;" if os.geteuid() == 0 else "",  # the workers must reach this test's directories
+            "daemon off;",
+            "worker_processes 1;",
+            f"pid {workdir / 'nginx.pid'};",
+            f"error_log {workdir / 'error.log'} warn;",
+            "events { worker_connections 1024; }",
+            "http {",
+            "  access_log off;",
+            "  sendfile on;",
+            *(f"  {kind}_temp_path {workdir / kind};" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")),
+            f"  include {workdir / 'neumeta.conf'};",
+            "}",
+        ]
+        (workdir / "nginx.conf").write_text("\n".join(lines) + "\n")
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        exe = shutil.which("nginx") or "/usr/sbin/nginx"
+        assert Path(exe).exists(), "nginx is missing: .ci/run installs it (apt-get install nginx-light)"
+        conf = str(self.workdir / "nginx.conf")
+        check = subprocess.run(
+            [exe, "-t", "-q", "-c", conf, "-e", str(self.workdir / "error.log")], capture_output=True
+        )
+        assert check.returncode == 0, check.stderr.decode()
+        self.proc = subprocess.Popen(
+            [exe, "-c", conf, "-e", str(self.workdir / "error.log")], stderr=subprocess.DEVNULL
+        )
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                    return
+            except OSError:
+                assert time.monotonic() < deadline and self.proc.poll() is None, (
+                    self.workdir / "error.log"
+                ).read_text()
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(timeout=30)
+            self.proc = None

@@ -102,7 +102,15 @@ def test_cuda_synthesis_matches_cpu_and_never_waits_for_the_device():
         torch.cuda.set_sync_debug_mode("default")
     assert all(t.device.type == "cuda" for t in got)
     assert max(float((a - b.cpu()).abs().max()) for a, b in zip(expected, got, strict=True)) <= 1e-4
-    for precision in ("tf32", "bfloat16"):
-        low = on_gpu.morph.hypernet.synthesize(shapes, 5, 1.0, torch.Generator().manual_seed(0), precision=precision)
-        assert max(float((a - b.cpu()).abs().max()) for a, b in zip(expected, low, strict=True)) <= 0.05
-    assert not torch.backends.cuda.matmul.allow_tf32  # restored after the tf32 call
+    from neumeta_core.hypernet import set_precision
+
+    try:
+        for precision in ("tf32", "bfloat16"):
+            set_precision(precision)  # once per process in the service; per precision here
+            gen = torch.Generator().manual_seed(0)
+            low = on_gpu.morph.hypernet.synthesize(shapes, 5, 1.0, gen, precision=precision)
+            assert max(float((a - b.cpu()).abs().max()) for a, b in zip(expected, low, strict=True)) <= 0.05
+        with pytest.raises(RuntimeError, match="set_precision"):  # the flag says bfloat16's, not tf32's
+            on_gpu.morph.hypernet.synthesize(shapes, precision="tf32")
+    finally:
+        set_precision("float32")

@@ -19,9 +19,12 @@ from tests.service.conftest import serving
 EXAMPLES = int(os.environ.get("NEUMETA_FUZZ_EXAMPLES", "100"))  # per operation; `make soak` asks for more
 
 
+KEY = "fuzz-key"  # the server requires a key, so the schema's bearer scheme is checked both ways
+
+
 @pytest.fixture(scope="module")
 def api_schema():
-    with serving() as live:
+    with serving(NEUMETA_API_KEYS=KEY) as live:
         yield schemathesis.openapi.from_url(f"{live.url}/openapi.json")
 
 
@@ -43,7 +46,7 @@ def fuzz(operation, seen: dict[str, set[int]]) -> None:
         derandomize=True,
     )
     def run(case):
-        response = case.call(timeout=60)
+        response = case.call(timeout=60, headers={"Authorization": f"Bearer {KEY}"})
         seen.setdefault(label, set()).add(response.status_code)
         assert response.status_code < 500, f"{label} -> {response.status_code}: {response.text[:300]}"
         # excluded: "a schema-valid request must be accepted". The rule "exactly one of ratio, width,

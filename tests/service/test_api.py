@@ -89,21 +89,29 @@ def test_bad_ratio_is_a_422_naming_the_valid_range(client, query):
 @pytest.mark.parametrize(
     ("query", "body", "says"),
     [
-        ("ratio=0.5&width=16", None, "exactly one of ratio, width or max_params"),
+        ("ratio=0.5&width=16", None, "2 sizes given (ratio, width). Give exactly one of ratio, width or max_params"),
         ("width=3", None, "must lie in 8..32"),
         ("width=33", None, "must lie in 8..32"),
-        ("width=1.5", None, "width must be an integer"),
-        ("ratio=0.5&format=tflite", None, "format: onnx | safetensors"),
-        ("ratio=0.5&dtype=int8", None, "dtype: float32 | float16"),
+        ("width=1.5", None, "width='1.5' is not an integer"),
+        ("ratio=0.5&format=tflite", None, "format='tflite' is not supported"),
+        ("ratio=0.5&format=tflite", None, "format (onnx | safetensors)"),
+        ("ratio=0.5&dtype=int8", None, "dtype (float32 | float16)"),
         ("ratio=0.5", {"width": 16}, "either in the query string or in a JSON body"),
-        ("", {"width": 16, "colour": "red"}, "Extra inputs are not permitted"),
+        ("", {"width": 16, "colour": "red"}, "unknown parameter 'colour'"),
         ("", {"ratio": "half"}, RANGE_HINT),
+        ("ratio=0.25&fromat=safetensors", None, "unknown parameter 'fromat'"),
+        ("ratio=0.25&ratio=0.5", None, "'ratio' is given 2 times: give each parameter once"),
+        ("", None, "no size given. Give exactly one of ratio, width or max_params"),
     ],
 )
 def test_invalid_requests_say_what_is_valid(client, query, body, says):
     r = client.post(f"/models?{query}", json=body) if body is not None else client.post(f"/models?{query}")
     assert r.status_code == 422, r.text
     assert r.json()["error"] == "invalid_request" and says in r.json()["detail"]
+    assert "Value error" not in r.text and "Traceback" not in r.text
+    if body is None:  # the GET form is validated by the same model
+        g = client.get(f"/models?{query}") if query else client.post("/models?")
+        assert g.status_code == 422 and says in g.json()["detail"]
 
 
 def test_unknown_model_is_a_404_listing_the_loaded_ones(client):
@@ -137,7 +145,6 @@ def test_get_by_sha_is_immutable_with_etag_and_ranges(client):
     assert r.headers["cache-control"] == "public, max-age=31536000, immutable"
     assert r.headers["etag"] == made.headers["etag"]
     assert client.get(location, headers={"If-None-Match": made.headers["etag"]}).status_code == 304
-    assert client.post("/models?ratio=0.25", headers={"If-None-Match": made.headers["etag"]}).status_code == 304
     part = client.get(location, headers={"Range": "bytes=100-199"})
     assert part.status_code == 206 and part.content == body[100:200]
     assert part.headers["content-range"] == f"bytes 100-199/{len(body)}"
@@ -145,12 +152,17 @@ def test_get_by_sha_is_immutable_with_etag_and_ranges(client):
     assert client.get(location, headers={"Range": "bytes=-10"}).content == body[-10:]
     bad = client.get(location, headers={"Range": f"bytes={len(body)}-"})
     assert bad.status_code == 416 and bad.headers["content-range"] == f"bytes */{len(body)}"
+    assert bad.json()["error"] == "range_not_satisfiable" and f"{len(body)} bytes" in bad.json()["detail"]
+    other = client.get(location, headers={"Range": "bytes=0-9", "If-Range": '"another"'})
+    assert other.status_code == 200 and other.content == body  # If-Range names another file: all of it
 
 
 def test_get_unknown_sha_is_a_404_with_a_hint(client):
     r = client.get("/models/" + "0" * 64)
-    assert r.status_code == 404 and "POST /models" in r.json()["detail"]
-    assert client.get("/models/not-a-digest").status_code == 422
+    assert r.status_code == 404 and "GET or POST /models" in r.json()["detail"]
+    bad = client.get("/models/not-a-digest")
+    assert bad.status_code == 422 and "'not-a-digest' is not a sha256: 64 lowercase hex digits" in bad.json()["detail"]
+    assert "ratio" not in bad.json()["detail"]  # no size hint for a digest
 
 
 def test_list_models_describes_the_checkpoint(client, bundled):
@@ -239,8 +251,14 @@ def test_openapi_documents_every_route(client):
     assert {"/models", "/models/{sha256}", "/healthz", "/readyz", "/v2/health/live", "/v2/health/ready"} <= set(
         spec["paths"]
     )
-    params = {p["name"] for p in spec["paths"]["/models"]["post"]["parameters"]}
-    assert {"ratio", "width", "max_params", "model", "format", "dtype"} <= params
+    for method in ("get", "post"):
+        params = {p["name"] for p in spec["paths"]["/models"][method]["parameters"]}
+        assert {"ratio", "width", "max_params", "model", "format", "dtype"} <= params
+    assert spec["components"]["securitySchemes"]["bearer"] == {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "a key of NEUMETA_API_KEYS; needed only when the service has keys",
+    }
     assert client.get("/docs").status_code == 200
 
 
@@ -275,5 +293,117 @@ def test_bfloat16_precision_is_its_own_model_and_keeps_its_accuracy(client, spli
 @pytest.mark.parametrize("query", ["", "?ratio=abc", "?ratio=0.2&width=3"])
 def test_the_rule_is_stated_once_with_the_valid_ranges(client, query):
     detail = client.post(f"/models{query}").json()["detail"]
-    assert detail.count("give exactly one of ratio, width or max_params") == 1
+    assert detail.lower().count("give exactly one of ratio, width or max_params") == 1
     assert RANGE_HINT in detail and "width must be an integer in 8..32" in detail
+
+
+def test_the_get_form_answers_what_post_does_and_is_cacheable(client):
+    post = client.post("/models?width=14&dtype=float16")
+    get = client.get("/models?width=14&dtype=float16")
+    assert get.status_code == 200 and get.content == post.content
+    same = {k: v for k, v in get.headers.items() if k not in ("date", "x-neumeta-cache")}
+    assert same == {k: v for k, v in post.headers.items() if k not in ("date", "x-neumeta-cache")}
+    assert get.headers["cache-control"] == "public, max-age=60"  # a shared cache revalidates after a minute
+    etag = get.headers["etag"]
+    assert etag == f'"{hashlib.sha256(get.content).hexdigest()}"'  # strong
+    not_modified = client.get("/models?width=14&dtype=float16", headers={"If-None-Match": f'W/{etag}, "x"'})
+    assert not_modified.status_code == 304 and not_modified.content == b""
+    assert not_modified.headers["etag"] == etag and not_modified.headers["cache-control"] == "public, max-age=60"
+    assert client.get("/models?width=14&dtype=float16", headers={"If-None-Match": '"other"'}).status_code == 200
+
+
+def test_conditional_post_follows_rfc_9110(client):
+    """If-None-Match that matches is 304 only for GET and HEAD; on POST it is 412 (RFC 9110 13.1.2)."""
+    made = client.post("/models?width=15")
+    etag = made.headers["etag"]
+    for header in ({"If-None-Match": etag}, {"If-None-Match": "*"}, {"If-Match": '"another"'}):
+        r = client.post("/models?width=15", headers=header)
+        assert r.status_code == 412 and r.json()["error"] == "precondition_failed", header
+    assert client.post("/models?width=15", headers={"If-Match": etag}).content == made.content
+    assert client.post("/models?width=15", headers={"If-None-Match": '"other"'}).status_code == 200
+    assert client.get(made.headers["location"], headers={"If-Match": '"another"'}).status_code == 412
+
+
+def test_head_works_wherever_get_does(client):
+    made = client.get("/models?width=16")
+    for path in (
+        "/models?width=16",
+        made.headers["location"],
+        "/models",
+        "/healthz",
+        "/readyz",
+        "/v2/health/live",
+        "/metrics",
+        "/openapi.json",
+        "/docs",
+    ):
+        got, head = client.get(path), client.head(path)
+        assert head.status_code == got.status_code == 200, path
+        assert head.content == b"" and head.headers.get("etag") == got.headers.get("etag"), path
+    assert client.head("/models?width=16").headers["content-length"] == str(len(made.content))
+    missing = client.head("/no/such/route")
+    assert missing.status_code == 404 and missing.content == b""
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "kwargs", "status", "code"),
+    [
+        ("get", "/no/such/route", {}, 404, "not_found"),
+        ("delete", "/models", {}, 405, "method_not_allowed"),
+        ("post", "/healthz", {}, 405, "method_not_allowed"),
+        (
+            "post",
+            "/models",
+            {"content": b"{not json", "headers": {"content-type": "application/json"}},
+            400,
+            "bad_request",
+        ),
+        (
+            "post",
+            "/models",
+            {"content": b"[" * 5000 + b"]" * 5000, "headers": {"content-type": "application/json"}},
+            400,
+            "bad_request",
+        ),
+        (
+            "post",
+            "/models",
+            {"content": b"[1, 2]", "headers": {"content-type": "application/json"}},
+            400,
+            "bad_request",
+        ),
+        (
+            "post",
+            "/models",
+            {"content": b"ratio=0.5", "headers": {"content-type": "text/plain"}},
+            415,
+            "unsupported_media_type",
+        ),
+        ("post", "/models", {"content": iter([b'{"ratio": ', b" " * 20000, b"0.5}"])}, 413, "payload_too_large"),
+        ("get", "/models/" + "A" * 64, {}, 422, "invalid_request"),
+    ],
+    ids=["route", "method", "method-health", "json", "nested-json", "json-array", "media-type", "chunked-413", "sha"],
+)
+def test_every_error_is_the_envelope(client, method, path, kwargs, status, code):
+    r = getattr(client, method)(path, **kwargs)
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"] == "application/json" and set(r.json()) == {"error", "detail"}
+    assert r.json()["error"] == code and r.json()["detail"]
+    if status == 405:
+        assert "GET" in r.headers["allow"] and r.headers["allow"] in r.json()["detail"]
+    if path == "/models" and method == "delete":
+        assert r.headers["allow"] == "GET, HEAD, POST"
+
+
+def test_docs_work_offline_with_an_authorize_button(client):
+    """Every script, style and icon of /docs comes from this server, and the schema declares the bearer key."""
+    import re
+
+    page = client.get("/docs").text
+    urls = re.findall(r'(?:src|href)="([^"]+)"', page) + re.findall(r"url: '([^']+)'", page)
+    assert urls and all(u.startswith("/") and not u.startswith("//") for u in urls), urls
+    for url in urls:
+        assert client.get(url).status_code == 200, url
+    assert client.get("/redoc").status_code == 404  # not offered: it loads fonts from a CDN
+    security = client.get("/openapi.json").json()["paths"]["/models"]["post"]["security"]
+    assert security == [{"bearer": []}]

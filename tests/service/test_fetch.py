@@ -2,7 +2,11 @@
 
 import hashlib
 import json
+import signal
+import socket
 import subprocess
+import threading
+import time
 
 import httpx
 import pytest
@@ -59,3 +63,73 @@ def test_fetch_reports_a_bad_request_and_writes_nothing(server, tmp_path):
     with pytest.raises(FetchError, match=r"422.*ratio must be a number"):
         fetch(server.url, {"ratio": "3"}, out, progress=False)
     assert not out.exists()
+
+
+def test_a_damaged_state_file_is_discarded_with_a_message(server, tmp_path):
+    out = tmp_path / "m.onnx"
+    (tmp_path / "m.onnx.part").write_bytes(b"\x00" * 100)
+    (tmp_path / "m.onnx.part.json").write_text('{"sha256": "abc", "loc')  # cut short
+    said: list[str] = []
+    got = fetch(server.url, {"width": "11"}, out, progress=False, say=said.append)
+    assert got.status == "downloaded" and hashlib.sha256(out.read_bytes()).hexdigest() == got.sha256
+    assert said == [
+        f"discarding the partial download: its state file {tmp_path / 'm.onnx.part.json'} is damaged; starting over"
+    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+
+
+class Stalling:
+    """A server that answers a size request with the real file's headers and its first `send` bytes, then
+    stalls: a download caught in the middle."""
+
+    def __init__(self, body: bytes, headers: httpx.Headers, send: int) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.sent = threading.Event()
+        self.release = threading.Event()
+        head = (
+            "HTTP/1.1 200 OK\r\n"
+            + "".join(f"{k}: {headers[k]}\r\n" for k in ("etag", "location", "x-neumeta-width"))
+            + f"content-length: {len(body)}\r\n\r\n"
+        )
+        self.reply = head.encode() + body[:send]
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        conn, _ = self.sock.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(self.reply)
+            self.sent.set()
+            self.release.wait(120)
+
+    def close(self) -> None:
+        self.release.set()
+        self.sock.close()
+
+
+def test_ctrl_c_keeps_the_partial_file_and_says_how_to_resume(server, tmp_path):
+    made = httpx.get(f"{server.url}/models", params={"width": "18"})
+    stall = Stalling(made.content, made.headers, 5000)
+    out = tmp_path / "m.onnx"
+    cmd = [str(BIN), "fetch", "--url", stall.url, "--width", "18", "-o", str(out)]
+    try:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert stall.sent.wait(120)
+        part = tmp_path / "m.onnx.part"
+        for _ in range(1200):  # until the client has written what it received (a bound against a hang)
+            if part.exists() and part.stat().st_size == 5000:
+                break
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        stall.close()
+    assert proc.returncode == 130 and "Traceback" not in err
+    assert err.strip().splitlines()[-1] == (
+        f"neumeta fetch: interrupted; 5,000 bytes are kept in {part}: run the same command again to resume"
+    )
+    again = subprocess.run([*cmd[:3], server.url, *cmd[4:]], capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.startswith(f"resumed: {out}") and out.read_bytes() == made.content

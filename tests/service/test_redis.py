@@ -31,8 +31,8 @@ def test_second_instance_finds_the_first_ones_entry_in_redis(redis_server):
     assert first.headers["x-neumeta-cache"] == "miss" and second.headers["x-neumeta-cache"] == "hit"
     assert second.content == first.content and by_sha.content == first.content
     assert sample('neumeta_cache_lookups_total{result="hit",tier="redis"}') == before + 1
-    keys = {k.decode() for k in redis_server.client().keys("neumeta:v1:*")}
-    assert any(k.startswith("neumeta:v1:model:") for k in keys) and any(k.startswith("neumeta:v1:sha:") for k in keys)
+    keys = {k.decode() for k in redis_server.client().keys("neumeta:v2:*")}
+    assert any(k.startswith("neumeta:v2:model:") for k in keys) and any(k.startswith("neumeta:v2:sha:") for k in keys)
     ttl = redis_server.client().ttl(next(k for k in keys if ":model:" in k))
     assert 0 < ttl <= 7 * 24 * 3600
 
@@ -42,7 +42,7 @@ def test_corrupted_redis_entry_is_never_served(redis_server):
         async with running(create_app(settings(redis_server))) as a:
             good = await a.post("/models?ratio=0.25")
         client = redis_server.client()
-        [key] = [k for k in client.keys("neumeta:v1:model:*")]
+        key = "neumeta:v2:model:" + good.headers["x-neumeta-spec"]  # the key is the spec's digest
         record = client.get(key)
         client.set(key, record[:-100] + b"\x00" * 100)  # same length, damaged body
         corrupt_before = sample('neumeta_cache_lookups_total{result="corrupt",tier="redis"}')
@@ -111,7 +111,7 @@ def test_redis_down_still_serves_and_recovers(redis_server):
     assert counted >= 1
     assert recovered is not None and recovered.json()["redis"] == "ok"
     assert after.status_code == 200
-    assert redis_server.client().keys("neumeta:v1:model:*")  # writes resumed after the restart
+    assert redis_server.client().keys("neumeta:v2:model:*")  # writes resumed after the restart
 
 
 def test_full_queue_answers_503_with_retry_after():
@@ -172,7 +172,7 @@ def test_after_a_redis_restart_each_replica_writes_back_what_it_holds(redis_serv
             redis_server.start()  # empty
             for _ in range(100):  # the back-off ends, Redis answers, the republish runs
                 await asyncio.sleep(0.1)
-                if (await a.get("/readyz")).json()["redis"] == "ok" and redis_server.client().keys("neumeta:v1:sha:*"):
+                if (await a.get("/readyz")).json()["redis"] == "ok" and redis_server.client().keys("neumeta:v2:sha:*"):
                     break
             async with running(create_app(settings(redis_server))) as b:  # never made it
                 by_sha = await b.get(made.headers["location"])

@@ -1,0 +1,146 @@
+"""A served file and everything its bytes depend on: the spec, the one function that builds it.
+
+`FileSpec` names every input that can change a file's bytes: the checkpoint's digest, the width, the
+format and dtype, the K weight sets and where they lie, the hypernetwork's arithmetic precision, the
+engine that does the arithmetic, and the exporter's version. Its digest is the cache key, and the spec is
+written into the file's metadata, so a file says what made it. `build` is what both `neumeta sample` and
+the service run: equal specs give equal bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass, field, fields
+from functools import cached_property
+
+import onnx
+import torch
+
+from neumeta_core import export
+from neumeta_core.checkpoint import Checkpoint
+from neumeta_core.errors import InputError
+from neumeta_core.sampling import ratio_for
+
+
+def engine(device: torch.device) -> str:
+    """What the arithmetic of a synthesis depends on besides its inputs: float results differ between torch
+    releases, CPU instruction sets and thread counts (measured: 2 and 4 threads give different bits on this
+    CPU's matmuls), and between GPU architectures. Part of every spec, so that replicas whose arithmetic
+    differs never share a cache entry."""
+    if device.type == "cuda":
+        major, minor = torch.cuda.get_device_capability(device)
+        where = f"cuda sm{major}{minor}"
+    else:
+        where = f"cpu {torch.backends.cpu.get_cpu_capability()} {torch.get_num_threads()} threads"
+    return f"torch {torch.__version__}, onnx {onnx.__version__}, {where}"
+
+
+@dataclass(frozen=True)
+class FileSpec:
+    """Everything a served file's bytes depend on. Equal specs give equal bytes; `digest` is the cache key."""
+
+    checkpoint: str  # sha256 of the checkpoint file
+    width: int
+    format: str  # onnx | safetensors
+    dtype: str  # float32 | float16
+    samples: int  # K weight sets averaged
+    quadrature: str  # where the K sets lie: random (seeded) or lattice
+    precision: str  # of the hypernetwork's arithmetic: float32 | tf32 | bfloat16
+    engine: str  # engine(device) of the process that builds it
+    exporter: str = field(default=export.VERSION)
+
+    def __post_init__(self) -> None:
+        if self.format not in export.FORMATS:
+            raise InputError(f"format must be one of {' | '.join(export.FORMATS)}, not {self.format!r}")
+        if self.dtype not in export.DTYPES:
+            raise InputError(f"dtype must be one of {' | '.join(export.DTYPES)}, not {self.dtype!r}")
+
+    @cached_property
+    def canonical(self) -> str:
+        """The spec as sorted, compact JSON: the same text in every process."""
+        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+
+    @cached_property
+    def digest(self) -> str:
+        return hashlib.sha256(self.canonical.encode()).hexdigest()
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> FileSpec:
+        """A spec from its canonical JSON (a cache record's header); ValueError for anything else."""
+        data = json.loads(text)
+        names = {f.name for f in fields(cls)}
+        if not isinstance(data, dict) or set(data) != names:
+            raise ValueError("not a file spec")
+        return cls(**data)
+
+
+def spec_for(
+    ckpt: Checkpoint,
+    width: int,
+    fmt: str = "onnx",
+    dtype: str = "float32",
+    precision: str = "float32",
+    samples: int | None = None,
+    device: torch.device | None = None,
+) -> FileSpec:
+    """The spec of the file this process would build from `ckpt` (K: the checkpoint's own unless given)."""
+    return FileSpec(
+        checkpoint=ckpt.digest,
+        width=width,
+        format=fmt,
+        dtype=dtype,
+        samples=ckpt.morph.samples if samples is None else samples,
+        quadrature=ckpt.train.quadrature,
+        precision=precision,
+        engine=engine(device or ckpt.morph.device),
+    )
+
+
+def metadata(spec: FileSpec, ckpt: Checkpoint) -> dict[str, str]:
+    """What the file says about itself: the spec whole (`neumeta.spec`) and field by field, and the ratio."""
+    meta = {f"neumeta.{k}": str(v) for k, v in asdict(spec).items()}
+    meta["neumeta.spec"] = spec.canonical
+    meta["neumeta.ratio"] = f"{ratio_for(spec.width, ckpt.target.max_width):g}"
+    return meta
+
+
+class ExportMismatch(RuntimeError):
+    """The exported file does not compute what the torch model computes (a bug, never a user's error)."""
+
+
+@dataclass(frozen=True)
+class Built:
+    body: bytes
+    seconds: dict[str, float]  # per stage: synthesize, export, verify
+
+
+def build(ckpt: Checkpoint, spec: FileSpec, probe: torch.Tensor) -> Built:
+    """Synthesize the weights `spec` names, serialize them with the spec in the metadata, and verify the file
+    against torch on `probe` (onnxruntime for ONNX, a read-back for safetensors)."""
+    if spec.checkpoint != ckpt.digest or spec.engine != engine(ckpt.morph.device):
+        raise ValueError("this spec names another checkpoint or engine: this process cannot build its bytes")
+    if spec.quadrature != ckpt.train.quadrature:
+        raise ValueError(f"the checkpoint's K sets lie on {ckpt.train.quadrature!r}, not {spec.quadrature!r}")
+    started = time.perf_counter()
+    state = ckpt.morph.state_dict(spec.width, spec.precision, spec.samples)
+    synthesized = time.perf_counter()
+    body = export.serialize(ckpt.target.family, state, spec.format, spec.dtype, metadata(spec, ckpt))
+    exported = time.perf_counter()
+    if spec.format == "safetensors":
+        error = export.verify_safetensors(body, state, spec.dtype)
+    else:
+        model = ckpt.morph.family.build(ckpt.target, spec.width).to(ckpt.morph.device)
+        model.load_state_dict(export.rounded(state, spec.dtype))
+        error = export.verify(body, model.eval(), probe)
+    if not error <= export.TOLERANCE:  # NaN fails too
+        raise ExportMismatch(f"the exported {spec.format} file differs from torch by {error:.2e} (relative)")
+    seconds = {"synthesize": synthesized - started, "export": exported - synthesized}
+    seconds["verify"] = time.perf_counter() - exported
+    return Built(body, seconds)
+
+
+def probe(ckpt: Checkpoint) -> torch.Tensor:
+    """A fixed input batch in the checkpoint's input shape, the same in every process."""
+    return torch.rand(8, *ckpt.morph.family.input_shape, generator=torch.Generator().manual_seed(0))

@@ -1,0 +1,125 @@
+"""neumeta_core/files.py: every input that changes a file's bytes is in its spec, and equal specs give equal
+bytes, in this process and in others (`neumeta sample`, a fresh process each)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+from dataclasses import replace
+
+import onnx
+import pytest
+import torch
+from safetensors import safe_open
+
+from neumeta_core import checkpoint, files
+from neumeta_core.errors import InputError
+from tests.processes import BIN
+
+
+def built(ckpt: checkpoint.Checkpoint, spec: files.FileSpec) -> bytes:
+    return files.build(ckpt, spec, files.probe(ckpt)).body
+
+
+@pytest.fixture(scope="module")
+def base(bundled) -> tuple[files.FileSpec, bytes]:
+    spec = files.spec_for(bundled, 12)
+    return spec, built(bundled, spec)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"width": 13},
+        {"format": "safetensors"},
+        {"dtype": "float16"},
+        {"samples": 1},
+        {"precision": "bfloat16"},
+    ],
+    ids=lambda c: next(iter(c)),
+)
+def test_each_setting_changes_the_key_with_the_bytes(bundled, base, change):
+    spec, body = base
+    other = replace(spec, **change)
+    assert other.digest != spec.digest
+    assert built(bundled, other) != body
+
+
+def test_another_checkpoint_is_another_key_and_other_bytes(base):
+    spec, body = base
+    block = checkpoint.load(checkpoint.BLOCK)  # the earlier bundle: another digest, another quadrature
+    other = files.spec_for(block, 12)
+    assert (other.checkpoint, other.quadrature) != (spec.checkpoint, spec.quadrature)
+    assert other.digest != spec.digest and built(block, other) != body
+
+
+def test_the_engine_and_the_exporter_are_part_of_the_key(bundled, base):
+    """The arithmetic differs between thread counts (measured on this CPU), torch releases and devices; a
+    spec names the engine, so replicas whose arithmetic differs never share an entry."""
+    spec, _ = base
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads + 1)
+        other = files.spec_for(bundled, 12)
+    finally:
+        torch.set_num_threads(threads)
+    assert f"{threads + 1} threads" in other.engine and other.digest != spec.digest
+    assert replace(spec, exporter="neumeta-export/0").digest != spec.digest
+    with pytest.raises(ValueError, match="another checkpoint or engine"):  # never built under a foreign spec
+        files.build(bundled, other, files.probe(bundled))
+
+
+def test_the_file_carries_its_spec(bundled, base, tmp_path):
+    spec, body = base
+    meta = {p.key: p.value for p in onnx.load_from_string(body).metadata_props}
+    assert json.loads(meta["neumeta.spec"]) == json.loads(spec.canonical)
+    assert meta["neumeta.width"] == "12" and meta["neumeta.checkpoint"] == bundled.digest
+    assert meta["neumeta.ratio"] == "0.625" and meta["neumeta.samples"] == str(spec.samples)
+    path = tmp_path / "w12.safetensors"
+    path.write_bytes(built(bundled, replace(spec, format="safetensors")))
+    with safe_open(str(path), "pt") as f:
+        assert files.FileSpec.from_json(f.metadata()["neumeta.spec"]) == replace(spec, format="safetensors")
+
+
+def test_a_spec_with_an_unknown_format_or_dtype_is_refused(base):
+    spec, _ = base
+    with pytest.raises(InputError, match=r"format must be one of onnx \| safetensors"):
+        replace(spec, format="tflite")
+    with pytest.raises(InputError, match="dtype must be one of"):
+        replace(spec, dtype="int4")
+
+
+FORMATS = [("onnx", "float32"), ("safetensors", "float32"), ("safetensors", "float16")]
+
+
+@pytest.mark.parametrize(("fmt", "dtype"), FORMATS)
+def test_two_fresh_processes_write_the_same_bytes(bundled, tmp_path, fmt, dtype):
+    """Each `neumeta sample` is a new process: the same request gives the same sha256 in each, and in this one
+    (this process runs as many torch threads as a fresh one does)."""
+    shas = []
+    for n in range(2):
+        out = tmp_path / f"{n}.{fmt}"
+        cmd = [str(BIN), "sample", "--width", "20", "--format", fmt, "--dtype", dtype, "-o", str(out)]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        shas.append(hashlib.sha256(out.read_bytes()).hexdigest())
+        assert f"sha256 {shas[-1]}" in done.stdout
+    threads = torch.get_num_threads()
+    torch.set_num_threads(_default_threads())
+    try:
+        here = hashlib.sha256(built(bundled, files.spec_for(bundled, 20, fmt, dtype))).hexdigest()
+    finally:
+        torch.set_num_threads(threads)
+    assert shas[0] == shas[1] == here
+
+
+def _default_threads() -> int:
+    """The thread count a fresh process starts torch with (the cores it may run on)."""
+    out = subprocess.run(
+        [str(BIN.parent / "python"), "-c", "import torch; print(torch.get_num_threads())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return int(out.stdout)
