@@ -6,7 +6,7 @@ TORCH := torch==2.13.0
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test lint bench soak bench-tools setup clean
+.PHONY: run test lint bench soak bench-tools test-tools setup clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,7 +25,18 @@ setup: $(VENV)/.installed
 run: setup
 	MALLOC_ARENA_MAX=2 $(BIN)/neumeta serve --host $(HOST) --port $(PORT)
 
-test: setup
+# The tests run real redis-server and nginx processes: installed from Debian when missing (as root)
+test-tools:
+	@missing=""; \
+	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing="$$missing nginx-light"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing$$missing"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	  else echo "make test needs$$missing: apt-get install$$missing" >&2; exit 1; fi; \
+	fi
+
+test: setup test-tools
 	$(BIN)/pytest
 
 lint: setup
@@ -49,8 +60,8 @@ bench: setup bench-tools
 	$(BIN)/python bench/train_time.py
 
 # the load and fault tests of `make test`, longer and wider, with their figures printed
-soak: setup
-	NEUMETA_LOAD_REQUESTS=100000 NEUMETA_LOAD_CLIENTS=64 NEUMETA_FUZZ_EXAMPLES=1000 \
+soak: setup test-tools
+	NEUMETA_LOAD_REQUESTS=20000 NEUMETA_LOAD_CLIENTS=64 NEUMETA_FUZZ_EXAMPLES=1000 \
 	  $(BIN)/pytest tests/faults -s -p no:cacheprovider --timeout 1800
 
 clean:

@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from neumeta_core import checkpoint, export
 from neumeta_core.data import digits
+from neumeta_core.hypernet import set_precision
 from neumeta_core.sampling import unseen_widths, width_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,9 +40,11 @@ def main() -> None:
     precisions = ["float32", "tf32", "bfloat16"] if device.type == "cuda" else ["float32", "bfloat16"]
     split = digits()
     x, y = split.x_test.numpy(), split.y_test.numpy()
+    set_precision("float32")
     reference = {w: morph.state_dict(w) for w in widths}
     rows = []
     for precision in tqdm(precisions, desc="precisions"):
+        set_precision(precision)  # process-wide, as the service sets it once at start-up
         accuracy, change = {}, 0.0
         for w in widths:
             state = morph.state_dict(w, precision)

@@ -3,7 +3,7 @@
     .venv/bin/python bench/redis_outage.py [--seconds 5] [--clients 16]
 
 1. 32 concurrent cold requests for one width: syntheses and single-flight joins, from /metrics.
-2. `--clients` clients loop over widths 4..32 for `--seconds`; Redis is killed after 1 s and
+2. `--clients` clients loop over the served widths 8..32 for `--seconds`; Redis is killed after 1 s and
    restarted 2 s later. Prints every status code seen and the Redis errors counted.
 """
 
@@ -25,7 +25,7 @@ from tests.service.conftest import RedisServer, metric, serving
 async def _loop(c: httpx.AsyncClient, n: int, stop: float) -> list[int]:
     codes: list[int] = []
     while time.monotonic() < stop:
-        r = await c.post("/models", params={"width": 4 + (n + len(codes)) % 29})
+        r = await c.post("/models", params={"width": 8 + (n + len(codes)) % 25})  # every served width
         codes.append(r.status_code)
     return codes
 

@@ -279,6 +279,10 @@ class RedisTier:
         """True: ours; False: another replica holds it; None: Redis is unavailable."""
         return await self._call("lock", lock.acquire)
 
+    async def held(self, lock: aioredis.lock.Lock) -> bool:
+        """Does any replica hold the lock? (False too when Redis fails: nobody is known to hold it.)"""
+        return bool(await self._call("lock", lock.locked))
+
     async def release(self, lock: aioredis.lock.Lock) -> None:
         async def release() -> None:
             with contextlib.suppress(LockError):  # expired: the synthesis outlived lock_timeout

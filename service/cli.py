@@ -65,15 +65,19 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _width(args: argparse.Namespace, ckpt: checkpoint.Checkpoint) -> int:
+    """The width --width or --ratio asks for, or InputError naming what the checkpoint serves."""
     from neumeta_core.sampling import ratio_for, width_for
 
     t = ckpt.target
+    served = f"widths {t.min_width}..{t.max_width}, ratios 0..{ratio_for(t.min_width, t.max_width):g}"
     width = int(args.width) if args.width is not None else width_for(args.ratio, t.max_width)
-    if not t.min_width <= width <= t.max_width:
-        asked = f"--width {args.width}" if args.width is not None else f"--ratio {args.ratio} (width {width})"
-        top = ratio_for(t.min_width, t.max_width)
-        raise InputError(f"{asked} is not served: widths {t.min_width}..{t.max_width}, ratios 0..{top:g}")
-    return width
+    if t.min_width <= width <= t.max_width:
+        return width
+    if args.width is not None:
+        raise InputError(f"--width {args.width} is not served: {served}")
+    if 0 <= args.ratio < 1:
+        raise InputError(f"--ratio {args.ratio:g} gives width {width}, which is not served: {served}")
+    raise InputError(f"--ratio {args.ratio:g} is not served: {served}")
 
 
 def _sample(args: argparse.Namespace) -> int:

@@ -13,12 +13,14 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from redis.asyncio.lock import Lock
+
 from neumeta_core import export, files
 from neumeta_core.checkpoint import Checkpoint
 from neumeta_core.files import FileSpec
 from neumeta_core.sampling import ratio_for, width_for
 from service import metrics
-from service.cache import Artifact, ModelStore, key_of
+from service.cache import Artifact, ModelStore, RedisTier, key_of
 from service.config import Settings
 from service.errors import InvalidRequest, ModelNotFound, Overloaded, SynthesisTimeout
 from service.hotpath import QueryMemo
@@ -134,8 +136,8 @@ class Synthesizer:
         lock = remote.lock(key_of(spec), self.settings.lock_timeout) if remote else None
         owned = await remote.acquire(lock) if remote and lock else None
         try:
-            if owned is False:  # another replica is on it: wait for its result
-                artifact = await self._await_remote(spec)
+            if owned is False and remote and lock:  # another replica is on it: wait for its result
+                artifact = await self._await_remote(spec, remote, lock)
                 if artifact is not None:
                     return artifact
             artifact = await self.build(spec, ckpt)
@@ -150,11 +152,19 @@ class Synthesizer:
         metrics.QUEUE.inc()
         return await asyncio.get_running_loop().run_in_executor(self._worker, self._build, spec, ckpt)
 
-    async def _await_remote(self, spec: FileSpec) -> Artifact | None:
+    async def _await_remote(self, spec: FileSpec, remote: RedisTier, lock: Lock) -> Artifact | None:
+        """The other replica's file from Redis; None (make it here) once the wait is pointless: Redis fails,
+        or the lock is gone without a result (the other replica failed, or Redis restarted empty)."""
         deadline = time.monotonic() + self.settings.lock_timeout
         while time.monotonic() < deadline:
             await asyncio.sleep(POLL_SECONDS)
             artifact = await self.store.get_remote(spec)
+            if artifact is None and (remote.degraded or not await remote.held(lock)):
+                # stored just before the lock was let go? one more look, unless Redis is failing
+                artifact = None if remote.degraded else await self.store.get_remote(spec)
+                if artifact is None:
+                    metrics.REMOTE_WAITS.labels("abandoned").inc()
+                    return None
             if artifact is not None:
                 metrics.REMOTE_WAITS.labels("served").inc()
                 return artifact

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from neumeta_core.data import CIFAR_MEAN, CIFAR_STD, cifar10, digits, shift
+from neumeta_core.errors import InputError
 from tests.cifar import write_cifar
 
 
@@ -19,7 +20,7 @@ def test_cifar10_reads_the_python_batches(tmp_path):
 
 
 def test_cifar10_missing_files_say_what_is_expected(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"data_batch_1\.\.5 and test_batch"):
+    with pytest.raises(InputError, match=r"data_batch_1\.\.5 and test_batch"):
         cifar10(tmp_path)
 
 

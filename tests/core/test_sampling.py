@@ -36,10 +36,10 @@ def test_synthesized_model_has_requested_width(bundled):
 @pytest.mark.parametrize(
     "argv, says",
     [
-        (["--ratio", "2"], "ratio 2.0 leaves no channels: the ratio must be below 1"),
-        (["--ratio", "0.95"], "width 2 is outside the supported range 8..32"),
-        (["--ratio", "0.8"], "width 6 is outside the supported range 8..32"),  # below what is served well
-        (["--width", "40"], "width 40 is outside the supported range 8..32"),
+        (["--ratio", "2"], "--ratio 2 is not served: widths 8..32, ratios 0..0.75"),
+        (["--ratio", "0.95"], "--ratio 0.95 gives width 2, which is not served: widths 8..32, ratios 0..0.75"),
+        (["--ratio", "0.8"], "--ratio 0.8 gives width 6, which is not served: widths 8..32, ratios 0..0.75"),
+        (["--width", "40"], "--width 40 is not served: widths 8..32, ratios 0..0.75"),
     ],
 )
 def test_sample_with_a_size_out_of_range_is_one_line_and_status_2(argv, says, tmp_path, capsys):

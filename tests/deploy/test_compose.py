@@ -1,6 +1,6 @@
 """docker-compose.yml and its GPU override: parsed, and every name in them checked against the app and the images.
 
-No Docker engine runs here, so the files are checked as data: the three services with healthchecks, the
+No Docker engine runs here, so the files are checked as data: the four services with healthchecks, the
 wiring between them, and each path, port and NEUMETA_* variable against the code (docs/deploy.md).
 """
 
@@ -15,7 +15,8 @@ import yaml
 
 from tests.deploy.conftest import ROOT, find_url, settings_from, url_path
 
-SERVICES = {"redis", "neumeta", "prometheus"}
+SERVICES = {"redis", "neumeta", "proxy", "prometheus"}
+TEMPLATE = ROOT / "docker/nginx/neumeta.conf.template"
 
 
 def seconds(duration: str) -> float:
@@ -30,7 +31,7 @@ def flag(command: list[str], name: str) -> str:
     return command[command.index(name) + 1]
 
 
-def test_three_services_each_with_a_healthcheck(compose):
+def test_four_services_each_with_a_healthcheck(compose):
     assert set(compose["services"]) == SERVICES
     for name, service in compose["services"].items():
         check = service.get("healthcheck", {})
@@ -41,6 +42,7 @@ def test_three_services_each_with_a_healthcheck(compose):
 def test_startup_order_waits_for_health(compose):
     services = compose["services"]
     assert services["neumeta"]["depends_on"] == {"redis": {"condition": "service_healthy"}}
+    assert services["proxy"]["depends_on"] == {"neumeta": {"condition": "service_healthy"}}
     assert services["prometheus"]["depends_on"] == {"neumeta": {"condition": "service_healthy"}}
 
 
@@ -109,3 +111,19 @@ def test_gpu_override_requests_a_gpu_and_the_cuda_image(compose_gpu, dockerfiles
 @pytest.mark.parametrize("duration, value", [("25s", 25), ("1m30s", 90), ("500ms", 0.5)])
 def test_durations(duration, value):
     assert seconds(duration) == value
+
+
+def test_the_proxy_renders_the_shipped_template_in_front_of_the_service(compose, dockerfiles):
+    proxy = compose["services"]["proxy"]
+    mounts = {m.split(":")[1]: m.split(":")[0] for m in proxy["volumes"]}
+    assert (ROOT / mounts[f"/etc/nginx/templates/{TEMPLATE.name}"]).resolve() == TEMPLATE
+    env = {k: str(v) for k, v in proxy["environment"].items()}
+    assert set(re.findall(r"\$\{(\w+)\}", TEMPLATE.read_text())) == set(env)
+    host, port = env["NEUMETA_UPSTREAM"].split(":")
+    image = dockerfiles[compose["services"][host]["build"]["dockerfile"]]
+    assert port == image.command[image.command.index("--port") + 1]
+    assert [p.rsplit(":", 1)[1] for p in proxy["ports"]] == [env["NGINX_PORT"]]
+    path = url_path(find_url(" ".join(proxy["healthcheck"]["test"])))
+    assert f"location = {path} " in TEMPLATE.read_text()
+    assert proxy["read_only"] is True and "/etc/nginx/conf.d" in proxy["tmpfs"]  # also hides the default server
+    assert any(env["NGINX_CACHE_DIR"].startswith(t + "/") for t in proxy["tmpfs"])

@@ -191,6 +191,12 @@ def test_cpu_image_recipe_gives_a_working_service(tmp_path, dockerfiles):
             assert proc.poll() is None, proc.stderr.read().decode()
             assert time.monotonic() < deadline, "the HEALTHCHECK never passed"
             time.sleep(0.5)
+        # the HEALTHCHECK is liveness, which holds while the checkpoint loads: wait for readiness, as compose does
+        while subprocess.run(
+            [*check[:-1], check[-1].replace("/healthz", "/readyz")], env=env, capture_output=True, timeout=10
+        ).returncode:
+            assert proc.poll() is None and time.monotonic() < deadline, "never ready"
+            time.sleep(0.5)
         request = urllib.request.Request(f"http://127.0.0.1:{port}/models?ratio=0.5", method="POST")
         with urllib.request.urlopen(request, timeout=120) as r:
             assert r.status == 200 and r.headers["X-NeuMeta-Width"] == "16"

@@ -3,13 +3,16 @@ against the app (probe paths, port, NEUMETA_* names and values) and the images (
 
 from __future__ import annotations
 
+import re
 from typing import Any
 from urllib.parse import urlsplit
 
 import kubernetes_validate
 import pytest
 
-from tests.deploy.conftest import OVERLAYS, settings_from
+from tests.deploy.conftest import OVERLAYS, ROOT, settings_from
+
+TEMPLATE = ROOT / "docker/nginx/neumeta.conf.template"
 
 # the oldest release with the preStop sleep action on by default (beta), and the newest schemas on hand
 K8S_VERSIONS = ("1.30.0", kubernetes_validate.latest_version())
@@ -89,7 +92,7 @@ def test_the_objects_a_deployment_needs(rendered, overlay):
         "v1 Namespace",
     ):
         assert kind in kinds, f"{overlay} renders no {kind}: {kinds}"
-    assert len(deployments(objects)) == 2, "the API and Redis"
+    assert len(deployments(objects)) == 3, "the API, Redis and the caching proxy"
     namespace = only(objects, "Namespace")["metadata"]
     assert namespace["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
     assert {o["metadata"].get("namespace") for o in objects if o["kind"] != "Namespace"} == {namespace["name"]}
@@ -160,6 +163,48 @@ def pod_labels(deployment: dict[str, Any]) -> dict[str, str]:
     return deployment["spec"]["template"]["metadata"]["labels"]
 
 
+def component(objects: list[dict[str, Any]], name: str) -> dict[str, Any]:
+    (found,) = [d for d in deployments(objects) if pod_labels(d).get("app.kubernetes.io/component") == name]
+    return found
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_proxy_runs_the_shipped_config_in_front_of_the_api(rendered, overlay):
+    """The ConfigMap holds docker/nginx's template byte for byte, mounted where the image renders templates;
+    every variable the template names is set, and its upstream is the API's Service and port; the probes
+    ask the path the template serves itself; the proxy Service selects the proxy pods only."""
+    objects = rendered[overlay]
+    proxy = component(objects, "proxy")
+    pod = proxy["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    (volume,) = [v for v in pod["volumes"] if "configMap" in v]
+    config = only(objects, "ConfigMap", volume["configMap"]["name"])
+    template = TEMPLATE.read_text()
+    assert config["data"] == {TEMPLATE.name: template}
+    mount = next(m for m in c["volumeMounts"] if m["name"] == volume["name"])
+    assert mount["mountPath"] == "/etc/nginx/templates"
+    env = {e["name"]: e["value"] for e in c["env"]}
+    assert set(re.findall(r"\$\{(\w+)\}", template)) == set(env)
+    host, port = env["NEUMETA_UPSTREAM"].split(":")
+    api_service = only(objects, "Service", host)
+    assert selects(api_service["spec"]["selector"], pod_labels(api(objects)))
+    assert int(port) in [p["port"] for p in api_service["spec"]["ports"]]
+    listen = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert list(listen.values()) == [int(env["NGINX_PORT"])]
+    for kind in ("readinessProbe", "livenessProbe"):
+        path = c[kind]["httpGet"]["path"]
+        assert f"location = {path} " in template, f"{kind} asks {path}, which the template does not serve"
+    cache = next(m["mountPath"] for m in c["volumeMounts"] if m["name"] == "cache")
+    assert env["NGINX_CACHE_DIR"].startswith(cache + "/"), "the cache lives on its own volume"
+    service = only(objects, "Service", proxy["metadata"]["name"])
+    assert selects(service["spec"]["selector"], pod_labels(proxy))
+    assert not selects(service["spec"]["selector"], pod_labels(api(objects)))
+    assert (
+        pod.get("enableServiceLinks") is False
+        and api(objects)["spec"]["template"]["spec"]["enableServiceLinks"] is False
+    )
+
+
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_service_hpa_and_pdb_point_at_the_api(rendered, overlay):
     objects = rendered[overlay]
@@ -195,8 +240,7 @@ def test_termination_grace_covers_the_service_shutdown(rendered, overlay, monkey
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_redis_evicts_as_compose_does(rendered, overlay, compose):
     objects = rendered[overlay]
-    redis = next(d for d in deployments(objects) if d is not api(objects))
-    (c,) = containers(redis)
+    (c,) = containers(component(objects, "cache"))
     assert c["args"] == compose["services"]["redis"]["command"][1:]
 
 

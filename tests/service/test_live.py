@@ -91,8 +91,8 @@ def test_redis_killed_mid_load_every_request_answers_200(redis_server):
 
 
 def test_sigterm_lets_the_in_flight_request_finish():
-    # K = 150 noise samples make one synthesis take seconds: SIGTERM arrives while it runs
-    with serving(NEUMETA_SAMPLES="150", NEUMETA_SHUTDOWN_GRACE="300", NEUMETA_REQUEST_TIMEOUT="300") as live:
+    # K = 60 noise samples make one synthesis take seconds: SIGTERM arrives while it runs
+    with serving(NEUMETA_SAMPLES="60", NEUMETA_SHUTDOWN_GRACE="300", NEUMETA_REQUEST_TIMEOUT="300") as live:
         result: dict[str, object] = {}
 
         def request() -> None:

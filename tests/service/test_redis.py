@@ -1,6 +1,7 @@
 """The two-tier cache, single flight and degradation against a real redis-server."""
 
 import asyncio
+import time
 
 from prometheus_client import generate_latest
 
@@ -97,10 +98,8 @@ def test_redis_down_still_serves_and_recovers(redis_server):
             counted = sample('neumeta_redis_errors_total{op="get"}') - errors
             redis_server.start()
             recovered = None
-            for _ in range(100):  # back-off is at most a few seconds after a short outage
-                recovered = await c.get("/readyz")
-                if recovered.json()["redis"] == "ok":
-                    break
+            deadline = time.monotonic() + 120  # a bound against a hang: the back-off is at most 30 s
+            while (recovered := await c.get("/readyz")).json()["redis"] != "ok" and time.monotonic() < deadline:
                 await asyncio.sleep(0.1)
             after = await c.post("/models?width=9")
             return during, ready, counted, recovered, after
@@ -170,7 +169,8 @@ def test_after_a_redis_restart_each_replica_writes_back_what_it_holds(redis_serv
             await a.post("/models?width=14")  # a memory hit; the Redis lookup of the sha fails
             assert (await a.get("/readyz")).json()["redis"] == "degraded"
             redis_server.start()  # empty
-            for _ in range(100):  # the back-off ends, Redis answers, the republish runs
+            deadline = time.monotonic() + 120  # the back-off ends, Redis answers, the republish runs
+            while time.monotonic() < deadline:
                 await asyncio.sleep(0.1)
                 if (await a.get("/readyz")).json()["redis"] == "ok" and redis_server.client().keys("neumeta:v2:sha:*"):
                     break
@@ -180,3 +180,31 @@ def test_after_a_redis_restart_each_replica_writes_back_what_it_holds(redis_serv
 
     made, by_sha = asyncio.run(scenario())
     assert by_sha.status_code == 200 and by_sha.content == made.content
+
+
+def test_a_replica_whose_lock_owner_vanished_stops_waiting(redis_server):
+    """Another replica took the synthesis lock, then died (here: its lock simply expires, never a result).
+    The waiting replica makes the file itself once the lock is gone, not after NEUMETA_LOCK_TIMEOUT (300 s
+    here: without the check this request would hang until the test's timeout)."""
+    from neumeta_core import files
+    from service.cache import key_of
+
+    async def scenario():
+        app = create_app(settings(redis_server, lock_timeout=300, request_timeout=600))
+        async with running(app) as c:
+            synth = app.state.synth
+            ckpt = synth.checkpoint(None)
+            spec = synth.spec(ckpt, 17)
+            lock = f"neumeta:v2:lock:{key_of(spec)}"
+            redis_server.client().set(lock, b"another replica's token", px=3000)  # held, then gone
+            before = sample('neumeta_lock_waits_total{result="abandoned"}')
+            made = await c.get("/models?width=17")
+            return made, sample('neumeta_lock_waits_total{result="abandoned"}') - before, spec
+
+    made, abandoned, spec = asyncio.run(scenario())
+    assert made.status_code == 200 and made.headers["x-neumeta-spec"] == spec.digest
+    assert abandoned == 1
+    assert (
+        files.FileSpec.from_json(redis_server.client().get(f"neumeta:v2:sha:{made.headers['etag'].strip(chr(34))}"))
+        == spec
+    )

@@ -170,3 +170,17 @@ def test_cuda_without_a_gpu_is_a_clear_error():
     """What a pod of the gpu overlay prints when it lands on a node without a usable GPU."""
     r = run("serve", "--port", str(free_port()), env={"NEUMETA_DEVICE": "cuda"}, timeout=60)
     assert one_line(r, "neumeta serve:") == "neumeta serve: NEUMETA_DEVICE=cuda but no CUDA device is available"
+
+
+def test_sample_writes_the_file_the_service_sends(server, tmp_path):
+    """`neumeta sample` runs the service's own build: the same request, the same bytes, metadata included."""
+    for args, query in (
+        (["--width", "21"], {"width": 21}),
+        (["--ratio", "0.5", "--format", "safetensors"], {"ratio": 0.5, "format": "safetensors"}),
+    ):
+        out = tmp_path / "sampled"
+        done = run("sample", *args, "-o", str(out))
+        assert done.returncode == 0, done.stderr
+        served = httpx.get(f"{server}/models", params=query, timeout=120)
+        assert out.read_bytes() == served.content
+        assert f"spec {served.headers['x-neumeta-spec']}" in done.stdout
