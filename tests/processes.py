@@ -123,7 +123,7 @@ class Nginx:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=1):
                     return
             except OSError:
-                assert time.monotonic() < deadline and self.proc.poll() is None, (
+                assert time.monotonic() < deadline and self.proc.poll() is None, (  # timing-ok: against a hang
                     self.workdir / "error.log"
                 ).read_text()
                 time.sleep(0.05)

@@ -82,7 +82,7 @@ def test_service_passes_its_probes_and_drains_in_time(
         start = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=budget)
-        assert time.monotonic() - start <= min(budget, grace + 5)
+        assert time.monotonic() - start <= min(budget, grace + 5)  # timing-ok: the Deployment kills the pod then
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -184,3 +184,18 @@ def test_sample_writes_the_file_the_service_sends(server, tmp_path):
         served = httpx.get(f"{server}/models", params=query, timeout=120)
         assert out.read_bytes() == served.content
         assert f"spec {served.headers['x-neumeta-spec']}" in done.stdout
+
+
+def test_a_chunked_body_over_the_limit_is_a_413_over_real_http(server):
+    """uvicorn hands a chunked body over in pieces: the limit holds however the body is sent."""
+
+    def chunks():
+        yield b'{"ratio": '
+        for _ in range(20):
+            yield b" " * 1000
+        yield b"0.5}"
+
+    r = httpx.post(f"{server}/models", content=chunks(), headers={"content-type": "application/json"})
+    assert r.status_code == 413 and r.json()["error"] == "payload_too_large" and "16384 bytes" in r.json()["detail"]
+    small = httpx.post(f"{server}/models", content=iter([b'{"ratio": ', b"0.5}"]), timeout=120)
+    assert small.status_code == 200 and small.headers["x-neumeta-width"] == "16"
