@@ -24,7 +24,7 @@ from starlette.datastructures import State
 from starlette.types import Scope, Send
 
 from service import metrics
-from service.cache import Artifact
+from service.artifact import Artifact
 from service.middleware import record_hit
 
 SHA_PREFIX = "/models/"

@@ -26,7 +26,8 @@ from neumeta_core import checkpoint
 from neumeta_core.errors import InputError
 from neumeta_core.hypernet import set_precision
 from service import errors
-from service.cache import ModelStore, Policy, RedisTier
+from service.artifact import Policy
+from service.cache import ModelStore, RedisTier
 from service.config import Settings
 from service.hotpath import serve_hit
 from service.middleware import ACCESS_LOG, RequestGuard

@@ -16,7 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from neumeta_core import export
 from neumeta_core.sampling import ratio_for
 from service import metrics
-from service.cache import Artifact
+from service.artifact import Artifact
 from service.conditional import NOT_MODIFIED, byte_range, precondition
 from service.errors import InvalidRequest, ModelNotFound, NotReady, Unauthorized
 from service.hotpath import authorized
@@ -110,8 +110,8 @@ async def size_answer(request: Request, synth: Synthesizer, params: dict[str, An
     response_model=None,
     responses={
         200: {
-            "content": {"application/json": {"schema": {"type": "array", "items": ModelInfo.model_json_schema()}}}
-            | FILE,
+            "model": list[ModelInfo],  # the JSON answer, its schemas in components
+            "content": FILE,
             "description": "without parameters: the loaded checkpoints (JSON); with a size: the model file",
         },
         304: SIZE_RESPONSES[304],

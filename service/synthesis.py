@@ -20,7 +20,8 @@ from neumeta_core.checkpoint import Checkpoint
 from neumeta_core.files import FileSpec
 from neumeta_core.sampling import ratio_for, width_for
 from service import metrics
-from service.cache import Artifact, ModelStore, RedisTier, key_of
+from service.artifact import Artifact, key_of
+from service.cache import ModelStore, RedisTier
 from service.config import Settings
 from service.errors import InvalidRequest, ModelNotFound, Overloaded, SynthesisTimeout
 from service.hotpath import QueryMemo

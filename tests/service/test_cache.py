@@ -3,7 +3,8 @@ import hashlib
 from dataclasses import replace
 
 from neumeta_core.files import FileSpec
-from service.cache import Artifact, LRUCache, ModelStore, Policy, key_of
+from service.artifact import Artifact, Policy, key_of
+from service.cache import LRUCache, ModelStore
 
 SPEC = FileSpec("c" * 64, 24, "onnx", "float32", 4, "lattice", "float32", "torch x, onnx y, cpu AVX2 2 threads")
 

@@ -187,7 +187,7 @@ def test_a_replica_whose_lock_owner_vanished_stops_waiting(redis_server):
     The waiting replica makes the file itself once the lock is gone, not after NEUMETA_LOCK_TIMEOUT (300 s
     here: without the check this request would hang until the test's timeout)."""
     from neumeta_core import files
-    from service.cache import key_of
+    from service.artifact import key_of
 
     async def scenario():
         app = create_app(settings(redis_server, lock_timeout=300, request_timeout=600))
