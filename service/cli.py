@@ -45,6 +45,9 @@ def _train(args: argparse.Namespace) -> int:
     from neumeta_core.train import train
 
     torch.set_num_threads(args.threads)
+    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda, but no CUDA device is available (--device auto uses the CPU then)")
     target, hyper, cfg = presets(args.target)
     target = replace(target, **{k: getattr(args, k) for k in TARGET_FLAGS if getattr(args, k) is not None})
     overrides = {k: getattr(args, k) for k in TRAIN_FLAGS if getattr(args, k) is not None}
@@ -52,7 +55,6 @@ def _train(args: argparse.Namespace) -> int:
         overrides["coord_noise"] = args.noise
     cfg = replace(cfg, **overrides)
     split = data.for_family(family(args.target).dataset, args.data_dir)
-    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     print(f"training {target.family} on {device}", file=sys.stderr)
     hyper = replace(hyper, **{k: getattr(args, k) for k in HYPER_FLAGS if getattr(args, k) is not None})
     result = train(target, hyper, cfg, split, device=device)

@@ -86,6 +86,11 @@ def test_a_bad_setting_is_one_line_before_anything_loads(env, says):
         (["sample", "--ratio", "0.5", "-o", "/no/such/dir/x.onnx"], "the directory '/no/such/dir' does not exist"),
         (["fetch", "--url", "http://127.0.0.1:1", "--ratio", "0.5", "-o", "/tmp/x.onnx"], "cannot reach"),
         (["eval", "--checkpoint", "/no/such.pt"], "/no/such.pt: no such file"),
+        pytest.param(
+            ["train", "--device", "cuda", "--out", "/tmp/never.pt"],
+            "--device cuda, but no CUDA device is available",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here"),
+        ),
     ],
 )
 def test_bad_arguments_are_one_line(args, says):
