@@ -170,6 +170,7 @@ def _write(r: httpx.Response, part: Path, mode: str, progress: bool, initial: in
     ):
         for chunk in r.iter_bytes():
             f.write(chunk)
+            f.flush()  # what arrived is on disk, to resume from, however the process ends
             bar.update(len(chunk))
 
 

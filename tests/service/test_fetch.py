@@ -115,7 +115,15 @@ def test_ctrl_c_keeps_the_partial_file_and_says_how_to_resume(server, tmp_path):
     out = tmp_path / "m.onnx"
     cmd = [str(BIN), "fetch", "--url", stall.url, "--width", "18", "-o", str(out)]
     try:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        # SIGINT as a terminal's Ctrl-C sends it; its default disposition restored, since a shell that starts
+        # the tests in the background (without job control) makes its children ignore SIGINT
+        proc = subprocess.Popen(
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
         assert stall.sent.wait(120)
         part = tmp_path / "m.onnx.part"
         for _ in range(1200):  # until the client has written what it received (a bound against a hang)
