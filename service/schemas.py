@@ -7,6 +7,7 @@ type or a value out of range is refused alike, with a message that says what was
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Literal
 from urllib.parse import parse_qsl
 
@@ -72,17 +73,17 @@ def json_params(body: bytes, content_type: str | None) -> dict[str, Any]:
     return data
 
 
-def validate(params: dict[str, Any], hint: str) -> ModelRequest:
-    """`params` as a ModelRequest with exactly one size, or InvalidRequest: the reasons, then `hint` (what
-    is valid), each stated once."""
+def validate(params: dict[str, Any], hint: Callable[[], str]) -> ModelRequest:
+    """`params` as a ModelRequest with exactly one size, or InvalidRequest: the reasons, then `hint()` (what
+    is valid, formatted only for a refusal), each stated once."""
     try:
         req = ModelRequest.model_validate(params)
     except ValidationError as exc:
-        raise InvalidRequest(f"{'; '.join(_reason(e) for e in exc.errors())}. {hint}") from None
+        raise InvalidRequest(f"{'; '.join(_reason(e) for e in exc.errors())}. {hint()}") from None
     if not req.sizes:
-        raise InvalidRequest(f"no size given. {hint}")
+        raise InvalidRequest(f"no size given. {hint()}")
     if len(req.sizes) > 1:
-        raise InvalidRequest(f"{len(req.sizes)} sizes given ({', '.join(req.sizes)}). {hint}")
+        raise InvalidRequest(f"{len(req.sizes)} sizes given ({', '.join(req.sizes)}). {hint()}")
     return req
 
 
