@@ -31,7 +31,7 @@ def evaluate(name: str, path: Path, widths: list[int]) -> dict[str, Any]:
     x, y = split.x_test.numpy(), split.y_test.numpy()
     acc = {}
     for width in tqdm(widths, desc=name, leave=False):
-        acc[width] = export.accuracy(export.to_onnx(ckpt.target.family, ckpt.morph.state_dict(width)), x, y)
+        acc[width] = export.accuracy(export.to_onnx(ckpt.graph(width), ckpt.morph.state_dict(width)), x, y)
     t = ckpt.train
     recipe = {"permute": t.permute, "coord_noise": t.coord_noise, "kd_weight": t.kd_weight, "samples": t.samples}
     return {"variant": name, "checkpoint": ckpt.digest, "recipe": recipe, "accuracy": acc}

@@ -29,7 +29,7 @@ def measure(ckpt: checkpoint.Checkpoint, samples: list[int]) -> list[dict[str, f
     split = digits()
     x, y = split.x_test.numpy(), split.y_test.numpy()
     t = ckpt.target
-    lowest = min(LOWEST, t.min_width)
+    lowest = max(ckpt.morph.lowest, min(LOWEST, t.min_width))
     rows = []
     for k in samples:
         ckpt.morph.samples = k
@@ -40,7 +40,7 @@ def measure(ckpt: checkpoint.Checkpoint, samples: list[int]) -> list[dict[str, f
                 with ckpt.morph.allowing(lowest):
                     state = ckpt.morph.state_dict(width)
                 seconds = min(seconds, time.perf_counter() - started)
-            body = export.to_onnx(t.family, state)
+            body = export.to_onnx(ckpt.graph(width), state)
             acc = export.accuracy(body, x, y)
             ratio = ratio_for(width, t.max_width)
             rows.append({"samples": k, "width": width, "ratio": ratio, "accuracy": acc, "seconds": seconds})

@@ -30,12 +30,12 @@ import torch
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from neumeta_core import checkpoint, export
+from neumeta_core import checkpoint, export, files
 from neumeta_core.checkpoint import Checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "docs" / "results"
-STAGES = ("encode", "forward", "assemble", "calibrate", "onnx", "verify")
+STAGES = ("encode", "forward", "assemble", "onnx", "verify")
 
 
 def sync(device: torch.device) -> None:
@@ -83,18 +83,11 @@ def stages(ckpt: Checkpoint, width: int, samples: int, repeats: int, probe: torc
         return {**morph.fixed, **dict(zip(morph.shapes(width), tensors, strict=True))}
 
     t_assemble, generated = fastest(assemble, repeats, device)
-    t_calibrate, state = 0.0, generated
-    if ckpt.target.batchnorm:  # BatchNorm statistics at this width, then folded
-        t_calibrate, state = fastest(lambda: morph.calibrate(width, generated), repeats, device)
-    t_onnx, body = fastest(lambda: export.serialize(ckpt.target.family, state, "onnx", "float32"), repeats, device)
-
-    def verify() -> float:
-        model = morph.family.build(ckpt.target, width).to(device)
-        model.load_state_dict(state)
-        return export.verify(body, model.eval(), probe)
-
-    t_verify, error = fastest(verify, repeats, device)
-    assert error <= 1e-4, f"verification failed at width {width}: {error}"
+    state = {**generated, **morph.statistics.get(width, {})}  # measured at training time: nothing to calibrate
+    graph = ckpt.graph(width)
+    t_onnx, body = fastest(lambda: export.serialize(graph, state, "onnx", "float32"), repeats, device)
+    spec = files.spec_for(ckpt, width, samples=samples)
+    t_verify, _ = fastest(lambda: files.verify(ckpt, spec, body, state, probe), repeats, device)
     # the path the service takes, end to end, to check the stages add up
     original = morph.samples
     morph.samples = samples
@@ -106,7 +99,6 @@ def stages(ckpt: Checkpoint, width: int, samples: int, repeats: int, probe: torc
         "encode": t_encode,
         "forward": t_forward,
         "assemble": t_assemble,
-        "calibrate": t_calibrate,
         "onnx": t_onnx,
         "verify": t_verify,
         "state_dict": t_total,
@@ -179,7 +171,7 @@ def main() -> None:
     ckpt = checkpoint.load(args.checkpoint, device)
     t = ckpt.target
     widths = sorted({t.min_width, *range(8, t.max_width + 1, 4), t.max_width})
-    probe = torch.rand(8, *ckpt.morph.family.input_shape, generator=torch.Generator().manual_seed(0))
+    probe = ckpt.probe()
     stages(ckpt, t.max_width, ckpt.morph.samples, 1, probe)  # warm-up
     rate = matmul_rate(device)
 
@@ -202,12 +194,11 @@ def main() -> None:
         "by_samples": by_samples,
     }
     print(f"\nmatmul rate {rate / 1e9:.1f} GFLOP/s (after: {rate_after / 1e9:.1f}), {record['device']}\n")
-    head = "| h | K | encode | forward | assemble | calibrate | onnx | verify | cold (ms) | floor (ms) | synthesis/floor | cold/floor | onnx+verify share |"  # noqa: E501
-    print(head + "\n|" + "---|" * 13)
+    head = "| h | K | encode | forward | assemble | onnx | verify | cold (ms) | floor (ms) | synthesis/floor | cold/floor | onnx+verify share |"  # noqa: E501
+    print(head + "\n|" + "---|" * 12)
     for r in by_width + by_samples:
         print(
             f"| {r['width']} | {r['samples']} | {r['encode_ms']:.2f} | {r['forward_ms']:.2f} | {r['assemble_ms']:.2f} "
-            f"| {r['calibrate_ms']:.2f} "
             f"| {r['onnx_ms']:.2f} | {r['verify_ms']:.2f} | {r['cold_ms']:.2f} | {r['floor_ms']:.2f} "
             f"| {r['synthesis_over_floor']:.2f} | {r['cold_over_floor']:.2f} | {r['export_share']:.1%} |"
         )

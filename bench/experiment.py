@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from neumeta_core import checkpoint, data
-from neumeta_core.train import accuracy
+from neumeta_core.train import accuracy, model_at
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "docs" / "results" / "experiments.md"
@@ -35,9 +35,9 @@ def evaluate(path: Path, samples: int | None = None, lattice: bool | None = None
     ckpt = checkpoint.load(path)
     ckpt.morph.samples = samples or ckpt.morph.samples
     ckpt.morph.lattice = ckpt.morph.lattice if lattice is None else lattice
-    split = data.for_family(ckpt.morph.family.dataset, None)
-    with ckpt.morph.allowing(min(WIDTHS)):  # measure below the served range too
-        return {h: accuracy(ckpt.morph.synthesize(h), split.x_test, split.y_test) for h in WIDTHS}
+    split = data.load(ckpt.target.dataset, None)
+    widths = [h for h in WIDTHS if h >= ckpt.morph.lowest]  # below the served range too, where stored
+    return {h: accuracy(model_at(ckpt, h), split.x_test, split.y_test) for h in widths}
 
 
 def row(run: str, change: str, command: str, acc: dict[int, float] | None, seconds: float, trained: str) -> str:

@@ -49,7 +49,7 @@ def main() -> None:
         for w in widths:
             state = morph.state_dict(w, precision)
             change = max(change, max(float((state[k] - reference[w][k]).abs().max()) for k in state))
-            accuracy[w] = round(export.accuracy(export.to_onnx(t.family, state), x, y), 2)
+            accuracy[w] = round(export.accuracy(export.to_onnx(ckpt.graph(w), state), x, y), 2)
         best = float("inf")
         for _ in range(3):
             started = time.perf_counter()

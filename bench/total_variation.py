@@ -28,7 +28,7 @@ def main() -> None:
     if ckpt.teacher is None:
         raise SystemExit("this checkpoint holds no pretrained weights for the generated tensors")
     state = {**ckpt.morph.fixed, **ckpt.teacher}
-    groups = ckpt.morph.family.channel_groups(ckpt.target)
+    groups = ckpt.structure.groups
     smoothing = permute.smooth(state, groups)
     tv = {g: {"before": b, "after": a} for g, (b, a) in smoothing.total_variation.items()}
     tv.update(ckpt.metadata.get("total_variation", {}))  # groups the checkpoint permuted: from the original order

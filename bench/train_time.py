@@ -1,6 +1,6 @@
-"""Expected wall time of `neumeta train --target resnet20` on this machine, from timed steps.
+"""Expected wall time of `neumeta train --model resnet20` on this machine, from timed steps.
 
-    .venv/bin/python bench/train_time.py [--device auto|cpu|cuda] [--generated-blocks 1|3]
+    .venv/bin/python bench/train_time.py [--device auto|cpu|cuda] [--model resnet20|resnet20_stage3]
 
 Times a few pretraining steps (batch 128, BatchNorm) and hypernetwork steps (random width,
 functional forward and backward through the hypernetwork) on random CIFAR-shaped data, then
@@ -18,7 +18,7 @@ import torch
 
 from neumeta_core.config import HyperNetConfig, presets
 from neumeta_core.data import Split
-from neumeta_core.train import HypernetTrainer, batches, pretrain
+from neumeta_core.train import HypernetTrainer, batches, network, pretrain
 
 IMAGES = 50_000
 
@@ -37,12 +37,11 @@ def timed(step: Callable[[], None], n: int, sync: Callable[[], None]) -> float:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    p.add_argument("--generated-blocks", type=int, default=1)
+    p.add_argument("--model", choices=["resnet20", "resnet20_stage3"], default="resnet20")
     p.add_argument("--steps", type=int, default=5, help="timed steps of each kind")
     args = p.parse_args()
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    target, _, cfg = presets("resnet20")
-    target = replace(target, generated_blocks=args.generated_blocks, skip_init=args.generated_blocks > 1)
+    target, _, cfg = presets(args.model)
     n = cfg.batch_size * 2
     gen = torch.Generator().manual_seed(0)
     x, y = torch.randn(n, 3, 32, 32, generator=gen), torch.randint(0, 10, (n,), generator=gen)
@@ -52,7 +51,8 @@ def main() -> None:
         if device == "cuda":
             torch.cuda.synchronize()
 
-    teacher = pretrain(target, replace(cfg, pretrain_epochs=1), split, progress=False)
+    net = network(target, (3, 32, 32), 10)
+    teacher = pretrain(net.build, replace(cfg, pretrain_epochs=1), split, target.max_width, progress=False)
     model = teacher.train()
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     data = batches(split, cfg.batch_size, gen)
@@ -64,8 +64,7 @@ def main() -> None:
         loss.backward()
         opt.step()
 
-    trainer = HypernetTrainer(target, HyperNetConfig(), cfg, teacher.state_dict(), device)
-    trainer.enter(trainer.stages()[-1])
+    trainer = HypernetTrainer(target, HyperNetConfig(), cfg, net, teacher.state_dict(), device)
     hopt = torch.optim.AdamW(trainer.hypernet.parameters(), lr=1e-4)
 
     def hyper_step() -> None:
@@ -78,12 +77,11 @@ def main() -> None:
     t_pre = timed(pretrain_step, args.steps, sync)
     t_hyp = timed(hyper_step, args.steps, sync)
     pre_steps = cfg.pretrain_epochs * (IMAGES // cfg.batch_size)
-    stages = len(trainer.stages())
-    print(f"device {device}, ResNet20 with {args.generated_blocks} generated block(s), batch {cfg.batch_size}")
+    print(f"device {device}, {args.model} ({len(net.structure.generated)} tensors generated), batch {cfg.batch_size}")
     print("| phase | seconds per step | steps | expected hours |\n|---|---|---|---|")
     print(f"| pretrain (and each individual net) | {t_pre:.3f} | {pre_steps:,} | {pre_steps * t_pre / 3600:.1f} |")
-    hyp_steps = stages * (cfg.steps + cfg.warm_steps)  # warm-start steps are cheaper: an upper bound
-    print(f"| hypernetwork, {stages} stage(s) | {t_hyp:.3f} | {hyp_steps:,} | {hyp_steps * t_hyp / 3600:.1f} |")
+    hyp_steps = cfg.steps + cfg.warm_steps  # warm-start steps are cheaper: an upper bound
+    print(f"| hypernetwork | {t_hyp:.3f} | {hyp_steps:,} | {hyp_steps * t_hyp / 3600:.1f} |")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,7 @@
 """What a generated network is compared with: an individually trained network of the same width,
-and L1-norm channel pruning of the pretrained network without fine-tuning (notes section 6a)."""
+and L1-norm channel pruning of the pretrained network without fine-tuning (notes section 6a).
+
+Training-side: the individual networks are trained from the checkpoint's builder (target.model)."""
 
 from __future__ import annotations
 
@@ -7,39 +9,53 @@ import time
 from dataclasses import replace
 from typing import Any
 
+import numpy as np
 import torch
 
+from neumeta_core import export
 from neumeta_core.checkpoint import Checkpoint
 from neumeta_core.data import Split
 from neumeta_core.errors import InputError
 from neumeta_core.sampling import ratio_for
+from neumeta_core.structure import load_builder
 from neumeta_core.train import accuracy, pretrain
 
 
 def l1_pruned(ckpt: Checkpoint, width: int) -> dict[str, torch.Tensor]:
-    """The pretrained network with, in each morphable layer, the hidden channels of largest L1 norm
-    (of the weights that produce them) kept."""
+    """The pretrained network with, in each channel group that follows the width, the channels of largest
+    L1 norm kept: the norm of every weight (two or more dimensions) that writes the channel (axis 0). The
+    pretrained BatchNorm statistics are pruned with them, not recalibrated."""
     if ckpt.teacher is None:
-        raise InputError("this checkpoint holds no pretrained weights for the generated tensors; retrain it")
+        raise InputError("this checkpoint holds no pretrained weights; retrain it")
+    structure = ckpt.structure
     pruned = dict(ckpt.teacher)
-    for group in ckpt.morph.family.hidden_groups(ckpt.target).values():
-        first = next(iter(group))  # the tensor whose output channels the group is
-        norms = pruned[first].abs().flatten(1).sum(dim=1)  # one L1 norm per hidden channel
-        wanted = ckpt.morph.shapes(width)[first][0]  # h, or 2h for a layer twice as wide
-        keep = norms.topk(wanted).indices.sort().values
-        pruned.update({n: pruned[n].index_select(axis, keep) for n, axis in group.items()})
-    state = {**ckpt.morph.fixed, **pruned}
-    if not ckpt.target.batchnorm:
-        return state
-    model = ckpt.morph.family.generated_net(ckpt.target, width)  # the pretrained statistics, pruned: not recalibrated
-    model.load_state_dict(state)
-    return ckpt.morph.family.fold(model.eval())
+    covered = set()
+    for group in structure.hidden_groups().values():
+        writers = [n for n, axis, _ in group if axis == 0 and pruned[n].dim() >= 2]
+        first, axis, factor = group[0]
+        channels = pruned[first].shape[axis] // factor
+        norms = sum(pruned[n].abs().reshape(channels, -1).sum(dim=1) for n in writers)
+        wanted = structure.rules[first].at(width)[axis] // factor
+        keep = torch.as_tensor(norms).topk(wanted).indices.sort().values
+        for name, ax, f in group:
+            idx = (keep[:, None] * f + torch.arange(f)).reshape(-1)
+            pruned[name] = pruned[name].index_select(ax, idx)
+            covered.add((name, ax))
+    missing = [(n, a) for n in structure.generated for a in structure.rules[n].axes if (n, a) not in covered]
+    if missing:
+        raise InputError(f"{missing[0][0]} follows the width outside any permutable channel group: no L1 baseline")
+    return {**ckpt.morph.fixed, **pruned}
+
+
+def onnx_accuracy(ckpt: Checkpoint, state: dict[str, torch.Tensor], width: int, split: Split) -> float:
+    body = export.to_onnx(ckpt.graph(width), state)
+    return export.accuracy(body, split.x_test.numpy(), split.y_test.numpy())
 
 
 def individual(ckpt: Checkpoint, split: Split, width: int, seed: int, progress: bool = True) -> float:
-    """Held-out accuracy of a network of `width` trained on its own with the teacher's recipe."""
+    """Held-out accuracy of build(width) trained on its own with the teacher's recipe."""
     torch.manual_seed(seed)  # the initial weights too
-    model = pretrain(ckpt.target, replace(ckpt.train, seed=seed), split, progress, width)
+    model = pretrain(load_builder(ckpt.target.model), replace(ckpt.train, seed=seed), split, width, progress)
     return accuracy(model, split.x_test, split.y_test)
 
 
@@ -51,11 +67,10 @@ def compare(
     seeds: list[int],
     progress: bool = True,
 ) -> list[dict[str, Any]]:
-    """One row per width: hypernetwork accuracy per K (and synthesis seconds), individually
-    trained (mean over `seeds`, none: skipped) and L1-pruned accuracy, parameter count, and
+    """One row per width: hypernetwork accuracy per K (and synthesis seconds) of the served ONNX file,
+    individually trained (mean over `seeds`, none: skipped) and L1-pruned accuracy, parameter count, and
     whether training saw the width."""
     t, morph = ckpt.target, ckpt.morph
-    default_k = morph.samples
     rows = []
     for width in widths:
         row: dict[str, Any] = {
@@ -67,19 +82,18 @@ def compare(
         }
         with morph.allowing(width):  # widths below the served range are measured too
             for k in samples:
-                morph.samples = k
                 started = time.perf_counter()
-                model = morph.synthesize(width)
+                state = morph.state_dict(width, samples=k)
                 row[f"synthesis_seconds_k{k}"] = time.perf_counter() - started
-                row[f"neumeta_k{k}"] = accuracy(model, split.x_test, split.y_test)
-        morph.samples = default_k
+                row[f"neumeta_k{k}"] = onnx_accuracy(ckpt, state, width, split)
         if ckpt.teacher is not None:
-            pruned = morph.family.build(t, width)
-            pruned.load_state_dict(l1_pruned(ckpt, width))
-            row["l1_pruned"] = accuracy(pruned, split.x_test, split.y_test)
+            try:
+                row["l1_pruned"] = onnx_accuracy(ckpt, l1_pruned(ckpt, width), width, split)
+            except InputError as exc:  # a width axis outside every permutable group: no such baseline
+                row["l1_pruned_unavailable"] = str(exc)
         if seeds:
             runs = [individual(ckpt, split, width, seed, progress) for seed in seeds]
-            row["individual"] = sum(runs) / len(runs)
+            row["individual"] = float(np.mean(runs))
             row["individual_runs"] = runs
         rows.append(row)
     return rows

@@ -1,8 +1,10 @@
-"""A self-describing checkpoint: configs, fixed and hypernetwork weights, permutation,
-width ranges, training metadata and the accuracy table, in one torch file.
+"""A self-describing checkpoint: configs, the network's structure and exported graphs, fixed and hypernetwork
+weights, the BatchNorm statistics and reference logits at every stored width, the permutation, width ranges,
+training metadata and the accuracy table, in one torch file.
 
-It loads with `weights_only=True` (tensors and plain values only) and is addressed by the
-sha256 of its bytes, which every cache key starts with.
+It loads with `weights_only=True` (tensors and plain values only) and is addressed by the sha256 of its
+bytes, which every cache key starts with. Nothing in it is code: the graphs are ONNX, which onnxruntime
+interprets; loading imports neither the training code nor the module the network was written in.
 """
 
 from __future__ import annotations
@@ -13,28 +15,40 @@ import pickle
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
-from neumeta_core import names
+from neumeta_core.builders import BLOCK, BUNDLED
 from neumeta_core.config import HyperNetConfig, TargetConfig, TrainConfig
 from neumeta_core.errors import InputError
+from neumeta_core.export import Graph
 from neumeta_core.hypernet import HyperNetwork
+from neumeta_core.network import Structure
 from neumeta_core.sampling import MorphicNet
-from neumeta_core.targets import family
-from neumeta_core.train import TrainResult
 
-FORMAT = "neumeta-checkpoint/1"
+if TYPE_CHECKING:
+    from neumeta_core.train import TrainResult
+
+FORMAT = "neumeta-checkpoint/2"
 # The fields of a FORMAT file: a writer that adds one must name a new format, and load() refuses a field
 # it does not know instead of dropping it. Configs are held to the same rule (config.py).
 REQUIRED = frozenset(
-    {"format", "target", "hypernet", "train", "generated", "widths", "permutation", "accuracy", "metadata"}
-    | {"fixed_state", "hypernet_state"}
+    {"format", "target", "hypernet", "train", "structure", "graphs", "data", "widths", "permutation", "accuracy"}
+    | {"metadata", "fixed_state", "hypernet_state", "statistics", "reference"}
 )
-OPTIONAL = frozenset({"teacher_state", "calibration"})  # older files lack the teacher; BatchNorm targets calibrate
-BUNDLED = names.BUNDLED  # every layer generated: the default model
-BLOCK = names.BLOCK  # the earlier bundle: only the residual block
+OPTIONAL = frozenset({"teacher_state", "calibration"})  # BatchNorm networks keep calibration images
+__all__ = ["BLOCK", "BUNDLED", "Checkpoint", "Data", "load", "save"]
+
+
+@dataclass(frozen=True)
+class Data:
+    """What the network reads and says: the data set, one input's shape, the class names."""
+
+    name: str
+    input_shape: tuple[int, ...]
+    labels: list[str]
 
 
 @dataclass(frozen=True)
@@ -44,17 +58,32 @@ class Checkpoint:
     hypernet: HyperNetConfig
     train: TrainConfig
     permutation: dict[str, list[int]]  # channel group -> order applied to the pretrained weights
-    teacher: dict[str, torch.Tensor] | None  # the pretrained generated tensors (older files lack them)
+    teacher: dict[str, torch.Tensor] | None  # the pretrained tensors L1 pruning starts from
     accuracy: dict[int, float]  # width -> held-out accuracy (%) at training time
     metadata: dict[str, Any]
     digest: str  # sha256 of the file
+    data: Data
+    reference: dict[int, np.ndarray]  # width -> logits on probe() of build(width) with the default weights
+    calibration: torch.Tensor | None
 
     @property
     def name(self) -> str:
-        return self.target.family
+        return self.target.name
+
+    @property
+    def structure(self) -> Structure:
+        return self.morph.structure
+
+    def graph(self, width: int) -> Graph:
+        return self.morph.graphs[width]
 
     def generated_tensors(self) -> list[str]:
-        return list(family(self.target.family).generated_shapes(self.target, self.target.max_width))
+        return list(self.structure.generated)
+
+    def probe(self) -> torch.Tensor:
+        """The fixed input batch the reference logits were computed on (the same as train.probe)."""
+        count = len(next(iter(self.reference.values())))
+        return torch.rand(count, *self.data.input_shape, generator=torch.Generator().manual_seed(0))
 
 
 def digest(path: str | Path) -> str:
@@ -65,30 +94,50 @@ def digest(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def _graphs(graphs: dict[int, Graph]) -> dict[str, Any]:
+    unique: dict[bytes, int] = {}
+    for g in graphs.values():
+        unique.setdefault(g.template, len(unique))
+    return {
+        "templates": [torch.frombuffer(bytearray(t), dtype=torch.uint8) for t in unique],
+        "width": {str(w): unique[g.template] for w, g in graphs.items()},
+    }
+
+
 def save(path: str | Path, result: TrainResult, train: TrainConfig) -> str:
     morph = result.morph
+    data = {"name": morph.target.dataset, "input_shape": list(morph.structure.input_shape), "labels": result.labels}
     payload = {
         "format": FORMAT,
         "target": morph.target.to_dict(),
         "hypernet": morph.hypernet.cfg.to_dict(),
         "train": train.to_dict(),
-        "generated": list(morph.shapes(morph.target.max_width)),
+        "structure": morph.structure.to_dict(),
+        "graphs": _graphs(morph.graphs),
+        "data": data,
         "widths": {
             "trained": morph.target.trained_widths(),
             "allowed": [morph.target.min_width, morph.target.max_width],
+            "stored": [min(morph.graphs), max(morph.graphs)],
         },
         "permutation": result.orders,
         "accuracy": {str(h): acc for h, acc in result.accuracy.items()},
         "metadata": result.metadata,
-        "fixed_state": {k: v.detach().cpu().contiguous() for k, v in morph.fixed.items()},
-        "teacher_state": {k: v.detach().cpu().contiguous() for k, v in result.teacher.items()},
-        "hypernet_state": {k: v.detach().cpu().contiguous() for k, v in morph.hypernet.state_dict().items()},
+        "fixed_state": _cpu(morph.fixed),
+        "teacher_state": _cpu(result.teacher),
+        "hypernet_state": _cpu(morph.hypernet.state_dict()),
+        "statistics": {str(w): _cpu(s) for w, s in morph.statistics.items()},
+        "reference": {str(w): v.detach().cpu().contiguous() for w, v in result.reference.items()},
     }
-    if morph.calibration is not None:
-        payload["calibration"] = morph.calibration.detach().cpu().contiguous()
+    if result.calibration is not None:
+        payload["calibration"] = result.calibration.detach().cpu().contiguous()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     torch.save(payload, path)
     return digest(path)
+
+
+def _cpu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().contiguous() for k, v in state.items()}
 
 
 def load(path: str | Path = BUNDLED, device: str | torch.device = "cpu") -> Checkpoint:
@@ -101,18 +150,25 @@ def load(path: str | Path = BUNDLED, device: str | torch.device = "cpu") -> Chec
         target = TargetConfig.from_dict(payload["target"])
         hyper = HyperNetConfig.from_dict(payload["hypernet"])
         train = TrainConfig.from_dict(payload["train"])
-        hypernet = HyperNetwork(hyper, len(payload["generated"]), target.max_width)
+        structure = Structure.from_dict(payload["structure"])
+        hypernet = HyperNetwork(hyper, len(structure.generated), target.max_width)
         hypernet.load_state_dict(payload["hypernet_state"])
+        shared = [Graph(t.numpy().tobytes(), structure.folds) for t in payload["graphs"]["templates"]]
+        graphs = {int(w): shared[i] for w, i in payload["graphs"]["width"].items()}
+        statistics = {int(w): {k: v.to(device) for k, v in s.items()} for w, s in payload["statistics"].items()}
+        reference = {int(w): v.numpy() for w, v in payload["reference"].items()}
+        info = payload["data"]
+        about = Data(str(info["name"]), tuple(int(d) for d in info["input_shape"]), [str(c) for c in info["labels"]])
     except InputError as exc:
         raise InputError(f"{path}: {exc}") from None
-    except (RuntimeError, TypeError, KeyError):  # tensors that do not fit the stored configs
+    except (RuntimeError, TypeError, KeyError, ValueError, IndexError):  # tensors that do not fit the configs
         raise InputError(f"{path} is a damaged checkpoint: its weights do not fit its configs") from None
     hypernet.to(device)
     fixed = {k: v.to(device) for k, v in payload["fixed_state"].items()}
-    calibration = payload.get("calibration")
-    calibration = None if calibration is None else calibration.to(device)  # once, not per synthesis
     lattice = train.quadrature == "lattice"
-    morph = MorphicNet(target, hypernet, fixed, train.samples, train.coord_noise, train.seed, calibration, lattice)
+    morph = MorphicNet(
+        target, structure, hypernet, fixed, statistics, graphs, train.samples, train.coord_noise, train.seed, lattice
+    )
     return Checkpoint(
         morph=morph,
         target=target,
@@ -123,6 +179,9 @@ def load(path: str | Path = BUNDLED, device: str | torch.device = "cpu") -> Chec
         accuracy={int(h): float(a) for h, a in payload["accuracy"].items()},
         metadata=dict(payload["metadata"]),
         digest=hashlib.sha256(data).hexdigest(),
+        data=about,
+        reference=reference,
+        calibration=payload.get("calibration"),
     )
 
 

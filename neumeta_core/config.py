@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal, Self
 
+from neumeta_core.builders import DEFAULT, RECIPES
 from neumeta_core.errors import InputError
 
 
@@ -23,25 +24,31 @@ class _Serialisable:
                 f"{cls.__name__} has no field {', '.join(map(repr, unknown))}: the file was written by a newer "
                 f"version of neumeta-serve (known fields: {', '.join(sorted(known))})"
             )
-        return cls(**data)
+        types = {f.name: f.type for f in fields(cls)}  # type: ignore[arg-type]
+        return cls(**{k: tuple(v) if isinstance(v, list) and "tuple" in str(types[k]) else v for k, v in data.items()})
 
 
 @dataclass(frozen=True)
 class TargetConfig(_Serialisable):
-    """A variable-width target family and the widths it is trained and served at."""
+    """A network of any width and the widths it is trained and served at."""
 
-    family: str = "digits_cnn"
+    model: str = RECIPES[DEFAULT][0]  # build(width): FILE.py:FUNCTION, package.module:FUNCTION
+    dataset: str = "digits"  # digits | idx | cifar10 | folder
     max_width: int = 32  # h_max: the pretrained width, gamma = 1 - h / h_max
-    stem_channels: int = 32  # the fixed residual stream the generated block plugs into
-    num_classes: int = 10
     train_min_width: int = 8  # widths drawn in training: max_width down to train_min_width ...
     train_stride: int = 2  # ... in steps of train_stride, so the widths between are never seen
     min_width: int = 4  # smallest width the service hands out
-    generated_blocks: int = 1  # resnet20: how many of stage 3's blocks are generated, from the last
-    skip_init: bool = False  # resnet20: a learnable gate on each generated residual branch (follow-up)
-    # digits_full: BatchNorm stays in the generated network (scale and shift generated), its statistics
-    # measured at each requested width on the checkpoint's calibration images, then folded for serving
-    batchnorm: bool = False
+    generate: tuple[str, ...] = ()  # modules the hypernetwork generates; empty: every module that follows h
+
+    @property
+    def name(self) -> str:
+        """The builder's function name: what the service calls the model."""
+        return self.model.rpartition(":")[2]
+
+    def stored_widths(self) -> list[int]:
+        """The widths a checkpoint holds graphs and statistics for: the served range, and below it down to
+        half the smallest served width, to measure where quality ends."""
+        return list(range(max(1, self.min_width // 2), self.max_width + 1))
 
     def trained_widths(self) -> list[int]:
         """The widths training draws from, h_max always among them."""
@@ -89,47 +96,14 @@ class TrainConfig(_Serialisable):
     # where the K sets lie: "random" (one clean, K - 1 with noise from a fixed seed, as released) or
     # "lattice" (a rank-1 lattice over each weight's noise cell: a deterministic quadrature)
     quadrature: Literal["random", "lattice"] = "random"
-    incremental: bool = True  # several generated blocks: add them one at a time, from the last (follow-up)
-    fc_lr: float = 0.0  # > 0: the classifier is trained too, shared by all widths (follow-up: 7e-5)
-    gate_lr: float = 1e-4  # SkipInit gates (targets with skip_init), shared by all widths
-    gate_init: float = 0.0  # a newly generated block starts as the identity (SkipInit)
+    fixed_lr: float = 0.0  # > 0: the tensors not generated are trained too, shared by all widths (follow-up: 7e-5)
 
 
-# Per-family defaults; `neumeta train` flags override single fields.
-TARGET_PRESETS: dict[str, TargetConfig] = {
-    "digits_cnn": TargetConfig(),
-    "mlp": TargetConfig(family="mlp"),
-    # every layer generated; h = 8 (gamma 0.75) below the trained widths 10..32, as in the paper
-    "digits_full": TargetConfig(family="digits_full", train_min_width=10, min_width=8, batchnorm=True),
-    # the paper's setting: layer3.2 generated, h in 32..64 trained, h = 16 (gamma 0.75) never seen
-    "resnet20": TargetConfig(
-        family="resnet20", max_width=64, stem_channels=64, train_min_width=32, train_stride=1, min_width=8
-    ),
-}
-TRAIN_PRESETS: dict[str, TrainConfig] = {
-    # CIFAR-10: the usual ResNet20 schedule for the teacher and the individual nets (SGD 0.1, 200
-    # epochs, batch 128, wd 5e-4); the hypernetwork gets 60,000 steps per generated block.
-    "resnet20": TrainConfig(
-        batch_size=128,
-        pretrain_epochs=200,
-        pretrain_lr=0.1,
-        pretrain_optimizer="sgd",
-        pretrain_weight_decay=5e-4,
-        warm_steps=4000,
-        steps=60_000,
-    ),
-    # the whole-network recipe: no distillation, task lr 1e-3, K = 4 weight sets on a lattice at inference
-    "digits_full": TrainConfig(lr=1e-3, kd_weight=0.0, samples=4, quadrature="lattice"),
-}
-
-
-HYPER_PRESETS: dict[str, HyperNetConfig] = {
-    # the whole-network recipe (docs/results/experiments.md): one function of position for every width
-    "digits_full": HyperNetConfig(hidden=128, centred=True, sizes=False),
-}
-
-
-def presets(family: str) -> tuple[TargetConfig, HyperNetConfig, TrainConfig]:
-    if family not in TARGET_PRESETS:
-        raise InputError(f"unknown target family {family!r}; known: {sorted(TARGET_PRESETS)}")
-    return TARGET_PRESETS[family], HYPER_PRESETS.get(family, HyperNetConfig()), TRAIN_PRESETS.get(family, TrainConfig())
+def presets(name: str) -> tuple[TargetConfig, HyperNetConfig, TrainConfig]:
+    """One of our builders (neumeta_core.builders) with its recipe; any other `--model` gets the recipe of the
+    default builder (every layer generated), the best measured for such networks."""
+    if name not in RECIPES:
+        _, _, _, hyper, train = RECIPES[DEFAULT]
+        return TargetConfig(model=name), HyperNetConfig(**hyper), TrainConfig(**train)
+    model, dataset, target, hyper, train = RECIPES[name]
+    return TargetConfig(model=model, dataset=dataset, **target), HyperNetConfig(**hyper), TrainConfig(**train)

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import torch
 
-from neumeta_core.targets import Shape
+from neumeta_core.network import Shape
 
 
 def raw_coordinates(shapes: Sequence[Shape], tensor: int) -> torch.Tensor:

@@ -12,7 +12,7 @@ from torch import nn
 
 from neumeta_core.config import HyperNetConfig
 from neumeta_core.coords import encoded_dim, fourier, normalise, raw_coordinates
-from neumeta_core.targets import Shape
+from neumeta_core.network import Shape
 
 PRECISIONS = ("float32", "tf32", "bfloat16")
 

@@ -14,7 +14,10 @@ from dataclasses import dataclass
 import fast_tsp
 import torch
 
-Group = dict[str, int]  # tensor name -> the axis of that tensor that indexes the group's channels
+from neumeta_core.network import (
+    Group,
+)  # [(tensor, axis, factor)]: channel c is indices c*factor .. c*factor + factor - 1
+
 SCALE = 65_535  # fast-tsp takes uint16 distances: the largest becomes SCALE
 
 
@@ -27,7 +30,9 @@ class Smoothing:
 
 def channel_features(tensors: dict[str, torch.Tensor], group: Group) -> torch.Tensor:
     """(C, D) rows: every weight attached to channel c across the group's tensors."""
-    rows = [tensors[name].movedim(axis, 0).reshape(tensors[name].shape[axis], -1) for name, axis in group.items()]
+    rows = [
+        tensors[name].movedim(axis, 0).reshape(tensors[name].shape[axis] // factor, -1) for name, axis, factor in group
+    ]
     return torch.cat(rows, dim=1)
 
 
@@ -55,11 +60,11 @@ def shortest_path(dist: torch.Tensor, seconds: float = 1.0) -> list[int]:
 
 
 def apply_order(tensors: dict[str, torch.Tensor], group: Group, order: list[int]) -> dict[str, torch.Tensor]:
-    """A copy of `tensors` with the group's axis of every member reindexed by `order`."""
-    idx = torch.tensor(order)
+    """A copy of `tensors` with every axis of the group reindexed by `order`."""
     out = dict(tensors)
-    for name, axis in group.items():
-        out[name] = tensors[name].index_select(axis, idx.to(tensors[name].device)).contiguous()
+    for name, axis, factor in group:
+        idx = (torch.tensor(order)[:, None] * factor + torch.arange(factor)).reshape(-1)
+        out[name] = out[name].index_select(axis, idx.to(out[name].device)).contiguous()  # both axes of a w x w layer
     return out
 
 

@@ -12,8 +12,9 @@ from torch import nn
 
 from neumeta_core.config import TargetConfig
 from neumeta_core.errors import InputError
+from neumeta_core.export import Graph
 from neumeta_core.hypernet import HyperNetwork
-from neumeta_core.targets import Shape, family
+from neumeta_core.network import Shape, Structure
 
 
 def width_for(ratio: float, max_width: int) -> int:
@@ -41,7 +42,7 @@ def recalibrate(model: nn.Module, images: torch.Tensor) -> nn.Module:
     """Slimmable networks' BN calibration: every BatchNorm's running statistics set to those of
     `images` in one batch (exact and deterministic); the model is returned in eval mode."""
     for module in model.modules():
-        if isinstance(module, nn.BatchNorm2d):
+        if isinstance(module, nn.BatchNorm1d | nn.BatchNorm2d | nn.BatchNorm3d):
             module.reset_running_stats()
             module.momentum = None  # a cumulative average: one batch gives its exact statistics
     model.train()(images)
@@ -49,39 +50,49 @@ def recalibrate(model: nn.Module, images: torch.Tensor) -> nn.Module:
 
 
 class MorphicNet:
-    """A trained hypernetwork together with the fixed weights of its target family."""
+    """A trained hypernetwork with what it generates into: the network's structure, its fixed tensors, and
+    the BatchNorm statistics measured at each width at training time. No module of the network is needed:
+    `state_dict(width)` is the state of build(width), which export fills into the stored graph."""
 
     def __init__(
         self,
         target: TargetConfig,
+        structure: Structure,
         hypernet: HyperNetwork,
         fixed: dict[str, torch.Tensor],
+        statistics: dict[int, dict[str, torch.Tensor]],
+        graphs: dict[int, Graph],
         samples: int = 1,
         noise: float = 1.0,
         seed: int = 0,
-        calibration: torch.Tensor | None = None,
         lattice: bool = False,
     ) -> None:
-        if target.batchnorm and calibration is None:
-            raise ValueError("a target that keeps BatchNorm needs calibration images")
         self.target = target
-        self.family = family(target.family)
+        self.structure = structure
         self.hypernet = hypernet.eval()
         self.fixed = fixed
+        self.statistics = statistics  # width -> BatchNorm buffers at that width (empty without BatchNorm)
+        self.graphs = graphs  # width -> the exported graph, without weights
         self.samples = samples
         self.noise = noise
         self.seed = seed
         self.lattice = lattice  # the K weight sets on a lattice over each weight's noise cell (not random)
-        self.calibration = calibration  # (N, *input_shape) training images: BatchNorm statistics per width
 
     @property
     def device(self) -> torch.device:
         return next(self.hypernet.parameters()).device
 
+    @property
+    def lowest(self) -> int:
+        """The smallest width the checkpoint holds statistics and a graph for (below the served range)."""
+        return min(self.graphs)
+
     @contextmanager
     def allowing(self, lowest: int) -> Iterator[None]:
         """Widths down to `lowest` accepted inside the block: to measure where the checkpoint does
         not serve (below its min_width); the served range is restored on exit."""
+        if lowest < self.lowest:
+            raise InputError(f"this checkpoint holds widths down to {self.lowest}, not {lowest}")
         served = self.target
         self.target = replace(served, min_width=min(lowest, served.min_width))
         try:
@@ -95,7 +106,7 @@ class MorphicNet:
             raise InputError(f"width {width} is outside the supported range {lo}..{hi}")
 
     def shapes(self, width: int) -> dict[str, Shape]:
-        return self.family.generated_shapes(self.target, width)
+        return self.structure.shapes(width)
 
     @torch.no_grad()
     def generate(self, width: int, precision: str = "float32", samples: int | None = None) -> dict[str, torch.Tensor]:
@@ -111,28 +122,15 @@ class MorphicNet:
         return dict(zip(shapes, tensors, strict=True))
 
     def state_dict(self, width: int, precision: str = "float32", samples: int | None = None) -> dict[str, torch.Tensor]:
-        """The served network's tensors at `width`: fixed and generated, and where the target keeps
-        BatchNorm, its statistics measured at this width on the calibration images, then folded."""
-        state = {**self.fixed, **self.generate(width, precision, samples)}
-        return self.calibrate(width, state) if self.target.batchnorm else state
-
-    def calibrate(self, width: int, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """The generated network with BatchNorm at `width`, recalibrated on the calibration images,
-        folded into the convolutions."""
-        assert self.calibration is not None
-        model = self.family.generated_net(self.target, width).to(self.device)
-        model.load_state_dict(state, strict=False)  # the statistics are measured below
-        return self.family.fold(recalibrate(model, self.calibration.to(self.device)))
-
-    def synthesize(self, width: int) -> nn.Module:
-        """A torch model of `width` with generated weights, on the hypernetwork's device."""
-        self.check_width(width)
-        model = self.family.build(self.target, width).to(self.device)
-        model.load_state_dict(self.state_dict(width))
-        return model.eval()
+        """The state of build(width): fixed and generated tensors, and the BatchNorm statistics measured at
+        this width at training time (with the checkpoint's own K and float32)."""
+        generated = self.generate(width, precision, samples)
+        return {**self.fixed, **self.statistics.get(width, {}), **generated}
 
     def param_count(self, width: int) -> int:
-        """Fixed plus generated parameters at `width`, from shapes alone (no model is built)."""
-        fixed = sum(v.numel() for v in self.fixed.values())
-        served = replace(self.target, batchnorm=False)  # BatchNorm is folded away before serving
-        return fixed + sum(math.prod(shape) for shape in self.family.generated_shapes(served, width).values())
+        """Parameters of the served file at `width` (BatchNorm folded), from shapes alone."""
+        shapes = self.structure.shapes(width, [n for n in self.graphs[width].weights if n in self.structure.rules])
+        folded = {f.out_bias: self.structure.rules[f.weight].at(width)[0] for f in self.structure.folds}
+        return sum(math.prod(s) for s in shapes.values()) + sum(
+            folded[n] for n in self.graphs[width].weights if n in folded
+        )

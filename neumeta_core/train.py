@@ -12,11 +12,12 @@ Recipe (method notes sections 5 and 10):
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -27,12 +28,36 @@ from tqdm import tqdm
 from neumeta_core import permute
 from neumeta_core.config import HyperNetConfig, TargetConfig, TrainConfig
 from neumeta_core.data import Split
+from neumeta_core.export import Graph
 from neumeta_core.hypernet import HyperNetwork
+from neumeta_core.network import Shape, Structure
 from neumeta_core.sampling import MorphicNet, recalibrate
-from neumeta_core.targets import Shape, family
+from neumeta_core.structure import Builder, build_at, derive, load_builder
 
-# training images kept in a checkpoint whose target keeps BatchNorm (3 MB of CIFAR images)
-CALIBRATION_IMAGES = {"digits": 512, "cifar10": 256}
+if TYPE_CHECKING:
+    from neumeta_core.checkpoint import Checkpoint
+
+CALIBRATION_BYTES = 3 << 20  # training images kept in a checkpoint whose network has BatchNorm: at most 512, 3 MB
+PROBE = 8  # inputs whose logits at every width the checkpoint keeps: the service verifies its files with them
+
+
+@dataclass(frozen=True)
+class Network:
+    """A user's `build(width)`, what was derived from it, and its graph at every stored width."""
+
+    build: Builder
+    structure: Structure
+    graphs: dict[int, Graph]
+    unpermuted: list[str]  # channel groups whose permutation would change the function
+
+
+def network(target: TargetConfig, input_shape: Shape, classes: int) -> Network:
+    """Load and derive the target's network: InputError (one line) for one the service cannot serve."""
+    build = load_builder(target.model)
+    structure, graphs, dropped = derive(
+        build, target.model, target.max_width, target.stored_widths(), input_shape, classes, target.generate
+    )
+    return Network(build, structure, graphs, dropped)
 
 
 @dataclass
@@ -42,7 +67,15 @@ class TrainResult:
     teacher: dict[str, torch.Tensor]  # the permuted teacher's generated (and later trained) tensors at h_max
     teacher_accuracy: float
     accuracy: dict[int, float]  # width -> held-out accuracy (%)
+    reference: dict[int, torch.Tensor]  # width -> logits of build(width) on probe() with the served weights
+    calibration: torch.Tensor | None
+    labels: list[str]
     metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def probe(input_shape: Shape) -> torch.Tensor:
+    """A fixed input batch in the network's input shape, the same in every process."""
+    return torch.rand(PROBE, *input_shape, generator=torch.Generator().manual_seed(0))
 
 
 def batches(split: Split, batch_size: int, gen: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -66,16 +99,11 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk: int = 10
     return 100.0 * correct / len(y)
 
 
-def pretrain(
-    target: TargetConfig, cfg: TrainConfig, split: Split, progress: bool = True, width: int | None = None
-) -> nn.Module:
-    """Train the target at `width` (default h_max) with a cosine schedule, then fold any BatchNorm
-    (unless the target keeps it: then the network with BatchNorm, in eval mode); the same recipe
-    trains the individually trained baselines. Runs where `split` lies."""
-    fam = family(target.family)
-    width = width or target.max_width
+def pretrain(build: Builder, cfg: TrainConfig, split: Split, width: int, progress: bool = True) -> nn.Module:
+    """Train build(width) with a cosine schedule (in eval mode on return); the same recipe trains the
+    individually trained baselines. Runs where `split` lies."""
     device = split.y_train.device
-    model = (fam.build_pretrain or fam.build)(target, width).to(device)
+    model = build_at(build, width).to(device)
     gen = torch.Generator().manual_seed(cfg.seed)
     steps = cfg.pretrain_epochs * max(len(split.y_train) // cfg.batch_size, 1)
     opt: torch.optim.Optimizer
@@ -95,11 +123,7 @@ def pretrain(
         loss.backward()
         opt.step()
         sched.step()
-    if target.batchnorm:
-        return model.eval()
-    served = fam.build(target, width).to(device)
-    served.load_state_dict(fam.fold(model.eval()))
-    return served.eval()
+    return model.eval()
 
 
 def resample(
@@ -107,7 +131,7 @@ def resample(
 ) -> dict[str, torch.Tensor]:
     """The teacher's generated tensors at the sizes `shapes`: along each (permuted) width axis the
     nearest channel, o -> round(o * N / n) for N teacher channels and n wanted; input axes (1)
-    rescaled by N / n to keep fan-in sums."""
+    rescaled by N / n to keep fan-in sums (a weight whose axis 1 is its fan-in)."""
     out = {}
     for name, tensor in teacher.items():
         for axis in axes.get(name, ()):
@@ -137,83 +161,47 @@ def _weighted_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 class HypernetTrainer:
-    """Fits one hypernetwork to a smoothed teacher, stage by stage.
-
-    With several generated blocks and `incremental`, blocks are added one at a time from the
-    last (the follow-up's block-wise training): a new block's MLPs start as copies of the block
-    added before it, its SkipInit gate at `gate_init`, and blocks not yet added run the teacher's
-    weights at full width. The coordinates always number the final set of tensors, so adding a
-    block does not move those already trained.
-    """
+    """Fits one hypernetwork to a smoothed teacher: the generated tensors at random widths, the rest fixed
+    (or, with `fixed_lr`, trained too and shared by every width)."""
 
     def __init__(
         self,
         target: TargetConfig,
         hyper: HyperNetConfig,
         cfg: TrainConfig,
+        net: Network,
         teacher: dict[str, torch.Tensor],
         device: str | torch.device = "cpu",
     ) -> None:
         self.target, self.cfg, self.device = target, cfg, torch.device(device)
+        self.net, self.structure = net, net.structure
         teacher = {k: v.to(self.device) for k, v in teacher.items()}
-        self.family = family(target.family)
-        self.axes = self.family.hidden_axes(target)
-        self.shapes = self.family.generated_shapes(target, target.max_width)
-        self.names = list(self.shapes)
+        self.axes = self.structure.axes()
+        self.names = list(self.structure.generated)
         self.teacher = {n: teacher[n] for n in self.names}
-        self.teacher_model = self.family.generated_net(target, target.max_width).to(self.device).eval()
+        self.teacher_model = build_at(net.build, target.max_width).to(self.device).eval()
         self.teacher_model.load_state_dict(teacher)
-        buffers = {name for name, _ in self.teacher_model.named_buffers()}  # BatchNorm statistics: measured
-        self.statistics = {k: v for k, v in teacher.items() if k in buffers}
-        rest = {k: v for k, v in teacher.items() if k not in self.teacher and k not in buffers}
-        self.shared = nn.ParameterDict(
-            {k.replace(".", "/"): nn.Parameter(v.clone()) for k, v in rest.items() if self._trained(k)}
-        )
-        self.fixed = {k: v for k, v in rest.items() if not self._trained(k)}
+        statistics = set(self.structure.statistics)  # BatchNorm statistics: measured at each width
+        params = {n for n, _ in self.teacher_model.named_parameters()}
+        rest = {k: v for k, v in teacher.items() if k not in self.teacher and k not in statistics}
+        trained = {k for k in rest if k in params and cfg.fixed_lr > 0}
+        self.shared = nn.ParameterDict({k.replace(".", "/"): nn.Parameter(rest[k].clone()) for k in trained})
+        self.fixed = {k: v for k, v in rest.items() if k not in trained}
         self.hypernet = HyperNetwork(hyper, len(self.names), target.max_width).to(self.device)
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.rng = random.Random(cfg.seed)
-        self.stage = self.target
-        self.active: list[int] = []
-        self.models: dict[int, nn.Module] = {}
-        self.keys: dict[int, list[str]] = {}
-        self.enter(self.stages()[0])
-
-    def _trained(self, name: str) -> bool:
-        return (name.endswith(".gate") and self.cfg.gate_lr > 0) or (name.startswith("fc.") and self.cfg.fc_lr > 0)
+        self.models = {h: build_at(net.build, h).to(self.device) for h in self.widths}
+        # what _state hands each model: its parameters (BatchNorm uses batch statistics in training)
+        self.keys = {h: [name for name, _ in m.named_parameters()] for h, m in self.models.items()}
 
     @property
     def widths(self) -> list[int]:
         return self.target.trained_widths()
 
-    def stages(self) -> list[int]:
-        """How many blocks are generated in each stage."""
-        blocks = len(self.family.blocks(self.target))
-        return list(range(1, blocks + 1)) if self.cfg.incremental else [blocks]
-
-    def enter(self, blocks: int) -> None:
-        """Generate the last `blocks` blocks from now on; initialise the newly added ones."""
-        before = set(self.family.blocks(self.stage)) if self.active else set()
-        self.stage = replace(self.target, generated_blocks=blocks)
-        added = [b for b in self.family.blocks(self.stage) if b not in before]
-        active = [self.names.index(n) for n in self.family.generated_shapes(self.stage, self.target.max_width)]
-        per_block = len(self.names) // len(self.family.blocks(self.target))
-        for t in active if self.active else []:
-            if t not in self.active:  # copy the MLP of the same tensor in the block added before
-                self.hypernet.mlps[t].load_state_dict(self.hypernet.mlps[t + per_block].state_dict())
-        for block in added:  # SkipInit: a new block starts as (nearly) the identity
-            key = f"{block}/gate".replace(".", "/")
-            if key in self.shared:
-                self.shared[key].data.fill_(self.cfg.gate_init)
-        self.active = active
-        self.models = {h: self.family.generated_net(self.stage, h).to(self.device) for h in self.widths}
-        # what _state hands each model: its parameters (BatchNorm uses batch statistics in training)
-        self.keys = {h: [name for name, _ in m.named_parameters()] for h, m in self.models.items()}
-
     def _generate(self, width: int, noise: bool = True) -> dict[str, torch.Tensor]:
-        shapes = list(self.family.generated_shapes(self.target, width).values())
-        tensors = self.hypernet(shapes, 1, self.noise(width) if noise else 0.0, self.gen, tensors=self.active)
-        return {self.names[t]: w for t, w in zip(self.active, tensors, strict=True)}
+        shapes = list(self.structure.shapes(width).values())
+        tensors = self.hypernet(shapes, 1, self.noise(width) if noise else 0.0, self.gen)
+        return dict(zip(self.names, tensors, strict=True))
 
     def noise(self, width: int) -> float:
         """Coordinate noise at `width`, in channel-index units: constant, or with `noise_inverse` the
@@ -235,7 +223,7 @@ class HypernetTrainer:
         bar = tqdm(range(self.cfg.warm_steps), desc="warm start", disable=not progress, mininterval=1.0)
         for _ in bar:
             width = self.rng.choice(self.widths)
-            goal = resample(self.teacher, self.axes, self.family.generated_shapes(self.target, width))
+            goal = resample(self.teacher, self.axes, self.structure.shapes(width))
             pred = self._generate(width)
             loss = sum((_relative_mse(pred[n], goal[n]) for n in pred), torch.zeros(())) / len(pred)
             opt.zero_grad()
@@ -277,8 +265,8 @@ class HypernetTrainer:
         groups: list[dict[str, Any]] = [
             {"params": list(self.hypernet.parameters()), "lr": cfg.lr, "weight_decay": cfg.weight_decay}
         ]
-        for key, param in self.shared.items():
-            groups.append({"params": [param], "lr": cfg.gate_lr if key.endswith("/gate") else cfg.fc_lr})
+        if len(self.shared):
+            groups.append({"params": list(self.shared.values()), "lr": cfg.fixed_lr, "weight_decay": 0.0})
         opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(cfg.steps, 1))
         data = batches(split, cfg.batch_size, self.gen)
@@ -308,60 +296,97 @@ def train(
     hyper: HyperNetConfig,
     cfg: TrainConfig,
     split: Split,
+    net: Network | None = None,
     progress: bool = True,
     device: str | torch.device = "cpu",
 ) -> TrainResult:
     """The whole recipe on `device` (a CUDA GPU where there is one); the result's tensors stay there."""
+    net = net or network(target, split.input_shape, split.classes)
     torch.manual_seed(cfg.seed)
     started = time.time()
     split = split.to(device)
-    teacher = pretrain(target, cfg, split, progress)
+    teacher = pretrain(net.build, cfg, split, target.max_width, progress)
     teacher_acc = accuracy(teacher, split.x_test, split.y_test)
-    fam = family(target.family)
-    groups = {"all": fam.channel_groups, "hidden": fam.hidden_groups, "none": lambda _: {}}[cfg.permute](target)
-    smoothing = permute.smooth(teacher.state_dict(), groups)
-    trainer = HypernetTrainer(target, hyper, cfg, smoothing.state, device)
-    warm_losses, stage_accuracy = [], []
-    for i, blocks in enumerate(trainer.stages()):
-        if i > 0:  # the trainer starts in the first stage
-            trainer.enter(blocks)
-        warm_losses.append(trainer.warm_start(progress))
-        ema = trainer.task(split, progress)
-        trainer.hypernet.load_state_dict(ema.module.state_dict())  # the next stage continues from the EMA
-        if len(trainer.stages()) > 1:
-            stage_model = trainer.models[target.max_width]
-            with torch.no_grad():
-                full = trainer._generate(target.max_width, noise=False)
-            stage_model.load_state_dict(trainer._state(full, target.max_width), strict=not target.batchnorm)
-            if target.batchnorm:
-                recalibrate(stage_model, split.x_train[: CALIBRATION_IMAGES[fam.dataset]])
-            stage_accuracy.append(accuracy(stage_model, split.x_test, split.y_test))
-    calibration = split.x_train[: CALIBRATION_IMAGES[fam.dataset]].clone() if target.batchnorm else None
+    groups = {"all": net.structure.groups, "hidden": net.structure.hidden_groups(), "none": {}}[cfg.permute]
+    smoothing = permute.smooth(dict(teacher.state_dict()), groups)
+    trainer = HypernetTrainer(target, hyper, cfg, net, smoothing.state, device)
+    warm_loss = trainer.warm_start(progress)
+    ema = trainer.task(split, progress)
+    trainer.hypernet.load_state_dict(ema.module.state_dict())
+    calibration = None
+    if net.structure.statistics:
+        count = min(512, len(split.y_train), max(64, CALIBRATION_BYTES // (4 * math.prod(split.input_shape))))
+        calibration = split.x_train[:count].clone()
     morph = MorphicNet(
         target,
+        net.structure,
         trainer.hypernet,
         trainer.final_fixed(),
+        {},
+        net.graphs,
         cfg.samples,
         cfg.coord_noise,
         cfg.seed,
-        calibration,
         lattice=cfg.quadrature == "lattice",
     )
-    table = {h: accuracy(morph.synthesize(h), split.x_test, split.y_test) for h in evaluation_widths(target)}
+    reference = measure(morph, net.build, calibration, progress)
+    table = {
+        h: accuracy(synthesize(morph, net.build, h), split.x_test, split.y_test) for h in evaluation_widths(target)
+    }
     meta = {
         "teacher_accuracy": teacher_acc,
         "total_variation": {g: {"before": b, "after": a} for g, (b, a) in smoothing.total_variation.items()},
-        "warm_start_rel_mse": warm_losses[-1],
-        "stage_accuracy_full_width": stage_accuracy,
+        "unpermuted_groups": net.unpermuted,
+        "warm_start_rel_mse": warm_loss,
         "train_seconds": round(time.time() - started, 1),
         "torch": str(torch.__version__),
     }
-    shared_before = {k: v for k, v in smoothing.state.items() if k in morph.fixed and trainer._trained(k)}
-    teacher_tensors = {**trainer.teacher, **shared_before, **trainer.statistics}  # what L1 pruning starts from
-    return TrainResult(morph, smoothing.orders, teacher_tensors, teacher_acc, table, meta)
+    shared_before = {
+        k: v for k, v in smoothing.state.items() if k in morph.fixed or k.replace(".", "/") in trainer.shared
+    }
+    stats = {k: v for k, v in smoothing.state.items() if k in net.structure.statistics}
+    teacher_tensors = {**trainer.teacher, **shared_before, **stats}  # what L1 pruning starts from
+    return TrainResult(
+        morph, smoothing.orders, teacher_tensors, teacher_acc, table, reference, calibration, list(split.labels), meta
+    )
+
+
+def synthesize(morph: MorphicNet, build: Builder, width: int) -> nn.Module:
+    """build(width) with the served weights, on the hypernetwork's device, in eval mode."""
+    model = build_at(build, width).to(morph.device)
+    model.load_state_dict(morph.state_dict(width))
+    return model.eval()
+
+
+@torch.no_grad()
+def measure(
+    morph: MorphicNet, build: Builder, calibration: torch.Tensor | None, progress: bool = False
+) -> dict[int, torch.Tensor]:
+    """At every stored width: the BatchNorm statistics of the calibration images (into morph.statistics),
+    and the logits of build(width) on probe() (returned: the service's reference for its files)."""
+    reference: dict[int, torch.Tensor] = {}
+    x = probe(morph.structure.input_shape).to(morph.device)
+    widths = morph.target.stored_widths()
+    with morph.allowing(min(widths)):
+        for width in tqdm(widths, desc="statistics", disable=not progress, mininterval=1.0):
+            model = build_at(build, width).to(morph.device)
+            model.load_state_dict(morph.state_dict(width), strict=False)  # the statistics are measured here
+            if calibration is not None:
+                recalibrate(model, calibration.to(morph.device))
+                state = model.state_dict()
+                morph.statistics[width] = {n: state[n].detach().clone() for n in morph.structure.statistics}
+            reference[width] = model.eval()(x).cpu()
+    return reference
 
 
 def evaluation_widths(target: TargetConfig) -> list[int]:
     """gamma = 0, 0.25, 0.5, 0.75 plus the smallest served width."""
     h = target.max_width
     return sorted({h, round(0.75 * h), round(0.5 * h), round(0.25 * h), target.min_width}, reverse=True)
+
+
+def model_at(ckpt: Checkpoint, width: int) -> nn.Module:
+    """The checkpoint's network at `width` as a torch module: its builder (imported: training side only)
+    with the served weights."""
+    with ckpt.morph.allowing(min(width, ckpt.target.min_width)):
+        return synthesize(ckpt.morph, load_builder(ckpt.target.model), width)

@@ -17,21 +17,25 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 from neumeta_core import names
+from neumeta_core.builders import BUNDLED
+from neumeta_core.builders import DEFAULT as DEFAULT_MODEL
+from neumeta_core.builders import NAMES as BUILDERS
 from neumeta_core.errors import InputError
+
+DATASETS = ("digits", "idx", "cifar10", "folder")  # neumeta_core.data.DATASETS (tested)
 
 if TYPE_CHECKING:
     from neumeta_core import checkpoint
 
 RATIOS = (0.0, 0.25, 0.5, 0.75)
-DEFAULT_FAMILY = "digits_full"  # what the bundled checkpoint is
 GRID = (0.0, 0.125, 0.25, 0.375, 0.5, 0.625, 0.75)
 
 
-TARGET_FLAGS = ("train_stride", "train_min_width", "generated_blocks", "skip_init", "batchnorm")
+TARGET_FLAGS = ("dataset", "max_width", "min_width", "train_stride", "train_min_width")
 HYPER_FLAGS = ("hidden", "frequencies", "centred", "sizes")
 TRAIN_FLAGS = (
     "seed", "batch_size", "pretrain_epochs", "warm_steps", "steps", "warm_lr", "lr", "samples", "permute",
-    "accumulation", "kd_weight", "fc_lr", "gate_init", "sandwich", "noise_inverse", "recon_weight", "quadrature",
+    "accumulation", "kd_weight", "fixed_lr", "sandwich", "noise_inverse", "recon_weight", "quadrature",
 )  # fmt: skip
 
 
@@ -41,23 +45,36 @@ def _train(args: argparse.Namespace) -> int:
     from neumeta_core import checkpoint, data
     from neumeta_core.config import presets
     from neumeta_core.sampling import ratio_for
-    from neumeta_core.targets import family
-    from neumeta_core.train import train
+    from neumeta_core.structure import kernel_size
+    from neumeta_core.train import network, train
 
     torch.set_num_threads(args.threads)
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
         raise InputError("--device cuda, but no CUDA device is available (--device auto uses the CPU then)")
-    target, hyper, cfg = presets(args.target)
+    target, hyper, cfg = presets(args.model)
     target = replace(target, **{k: getattr(args, k) for k in TARGET_FLAGS if getattr(args, k) is not None})
+    if args.generate is not None:
+        target = replace(target, generate=tuple(p for p in args.generate.split(",") if p))
+    if not 1 <= target.min_width <= target.train_min_width <= target.max_width:
+        raise InputError(
+            f"widths must satisfy 1 <= --min-width ({target.min_width}) <= --train-min-width "
+            f"({target.train_min_width}) <= --max-width ({target.max_width})"
+        )
     overrides = {k: getattr(args, k) for k in TRAIN_FLAGS if getattr(args, k) is not None}
     if args.noise is not None:
         overrides["coord_noise"] = args.noise
     cfg = replace(cfg, **overrides)
-    split = data.for_family(family(args.target).dataset, args.data_dir)
-    print(f"training {target.family} on {device}", file=sys.stderr)
+    split = data.load(target.dataset, args.data_dir)
+    net = network(target, split.input_shape, split.classes)  # refused here, before any training
     hyper = replace(hyper, **{k: getattr(args, k) for k in HYPER_FLAGS if getattr(args, k) is not None})
-    result = train(target, hyper, cfg, split, device=device)
+    hyper = replace(hyper, output_dim=max(hyper.output_dim, kernel_size(net.structure, target.max_width)))
+    print(
+        f"training {target.model} on {split.name} {split.input_shape} ({split.classes} classes), {device}: "
+        f"{len(net.structure.generated)} tensors generated, {len(net.structure.groups)} channel groups",
+        file=sys.stderr,
+    )
+    result = train(target, hyper, cfg, split, net, device=device)
     digest = checkpoint.save(args.out, result, cfg)
     print(f"teacher accuracy {result.teacher_accuracy:.2f}%  ({result.metadata['train_seconds']} s)")
     for width, acc in result.accuracy.items():
@@ -123,13 +140,13 @@ def _compare(args: argparse.Namespace) -> int:
     ratios = args.ratios or GRID
     extra = unseen_widths(t) if args.widths is None else args.widths
     widths = sorted({width_for(r, t.max_width) for r in ratios} | set(extra), reverse=True)
-    split = data.for_family(ckpt.morph.family.dataset, args.data_dir)
+    split = data.load(t.dataset, args.data_dir)
     samples = sorted({1, ckpt.morph.samples} | set(args.samples or []))
     seeds = [] if args.no_individual else list(range(args.individual_seeds))
     rows = baselines.compare(ckpt, split, widths, samples, seeds)
     trained = t.trained_widths()
     title = (
-        f"{t.family} on {ckpt.morph.family.dataset}, checkpoint {ckpt.digest[:12]}, "
+        f"{t.name} on {t.dataset}, checkpoint {ckpt.digest[:12]}, "
         f"trained on widths {trained[-1]}..{trained[0]} step {t.train_stride}"
     )
     tv = ckpt.metadata.get("total_variation", {})
@@ -157,7 +174,7 @@ def _eval(args: argparse.Namespace) -> int:
     if args.baselines:
         return _compare(args)
     ckpt = None if args.url else checkpoint.load(args.checkpoint)
-    split = data.for_family(ckpt.morph.family.dataset if ckpt else "digits", args.data_dir)
+    split = data.load(ckpt.target.dataset if ckpt else args.dataset, args.data_dir)
     x, y = split.x_test.numpy(), split.y_test.numpy()
     rows = []
     for ratio in args.ratios or RATIOS:
@@ -167,7 +184,7 @@ def _eval(args: argparse.Namespace) -> int:
         else:
             width = width_for(ratio, ckpt.target.max_width)
             ckpt.morph.check_width(width)
-            body = export.to_onnx(ckpt.target.family, ckpt.morph.state_dict(width))
+            body = export.to_onnx(ckpt.graph(width), ckpt.morph.state_dict(width))
             params = ckpt.morph.param_count(width)
         acc = export.accuracy(body, x, y)
         rows.append({"ratio": ratio, "width": width, "params": params, "accuracy": round(acc, 2)})
@@ -243,18 +260,27 @@ def parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser(
         "train",
-        help="pretrain a target and train its hypernetwork",
-        description="Defaults come from the family's preset (neumeta_core/config.py); each flag overrides one field.",
+        help="pretrain a network and train its hypernetwork",
+        description="--model is one of our builders (with its recipe: neumeta_core/builders) or your own "
+        "build(width) function; each flag overrides one field of the recipe.",
     )
-    t.add_argument("--target", choices=names.FAMILIES, default=DEFAULT_FAMILY, help="target family")
-    t.add_argument("--data-dir", type=Path, help="CIFAR-10 python batches (resnet20)")
+    t.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help=f"FILE.py:FUNCTION, package.module:FUNCTION or one of {', '.join(BUILDERS)} (default {DEFAULT_MODEL})",
+    )
+    t.add_argument("--dataset", choices=DATASETS, help="default: the recipe's (digits for your own network)")
+    t.add_argument("--data-dir", type=Path, help="where idx, cifar10 and folder data sets are read from")
+    t.add_argument("--generate", help="comma-separated modules the hypernetwork generates (default: all that follow h)")
+    t.add_argument("--max-width", type=positive, help="h_max: the width the teacher is trained at")
+    t.add_argument("--min-width", type=positive, help="the smallest width served")
     t.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: CUDA when available")
     t.add_argument("--out", type=output, default=Path("neumeta-checkpoint.pt"))
     t.add_argument("--seed", type=int)
     t.add_argument("--batch-size", type=int)
     t.add_argument("--pretrain-epochs", type=int)
-    t.add_argument("--warm-steps", type=int, help="per generated block")
-    t.add_argument("--steps", type=int, help="task-training steps per generated block")
+    t.add_argument("--warm-steps", type=int, help="warm-start steps (fit to the resampled teacher)")
+    t.add_argument("--steps", type=int, help="task-training steps")
     t.add_argument("--warm-lr", type=float)
     t.add_argument("--lr", type=float, help="task-training learning rate")
     t.add_argument("--hidden", type=int, help="hypernetwork MLP width (default: the family's preset)")
@@ -278,19 +304,13 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--recon-weight", type=float, help="reconstruction of the teacher at h_max (0 = none)")
     t.add_argument("--train-stride", type=int, help="train on every n-th width only")
     t.add_argument("--train-min-width", type=int, help="smallest width training draws")
-    t.add_argument("--generated-blocks", type=int, help="resnet20: blocks of stage 3 generated (1 or 3)")
-    t.add_argument("--skip-init", action="store_true", default=None, help="resnet20: SkipInit gates")
-    t.add_argument(
-        "--batchnorm", action=argparse.BooleanOptionalAction, help="digits_full: BatchNorm kept, recalibrated per width"
-    )
-    t.add_argument("--fc-lr", type=float, help="train the classifier too, at this learning rate")
-    t.add_argument("--gate-init", type=float, help="SkipInit gate of a newly added block")
+    t.add_argument("--fixed-lr", type=float, help="train the tensors not generated too, at this learning rate")
     t.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest for this small model)")
     t.set_defaults(run=_train)
 
     for name, helptext, run in (("sample", "write one ONNX model", _sample), ("eval", "accuracy table", _eval)):
         s = sub.add_parser(name, help=helptext)
-        s.add_argument("--checkpoint", type=Path, default=names.BUNDLED)
+        s.add_argument("--checkpoint", type=Path, default=BUNDLED)
         s.set_defaults(run=run)
     sample = sub.choices["sample"]
     size = sample.add_mutually_exclusive_group(required=True)
@@ -303,7 +323,8 @@ def parser() -> argparse.ArgumentParser:
     sample.add_argument("-o", "--out", type=output, required=True)
     ev = sub.choices["eval"]
     ev.add_argument("--url", help="evaluate models downloaded from a running service instead")
-    ev.add_argument("--data-dir", type=Path, help="CIFAR-10 python batches (resnet20 checkpoints)")
+    ev.add_argument("--data-dir", type=Path, help="where the checkpoint's data set is read from (idx, cifar10, folder)")
+    ev.add_argument("--dataset", choices=DATASETS, default="digits", help="with --url: the data set to score on")
     ev.add_argument("--ratios", type=float, nargs="+", help=f"default {RATIOS}; with --baselines {GRID}")
     ev.add_argument("--json", type=Path, help="also write the table as JSON")
     ev.add_argument("--baselines", action="store_true", help="compare with individually trained and L1-pruned nets")

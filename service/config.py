@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from neumeta_core.names import BUNDLED
+from neumeta_core.builders import BUNDLED
 
 PREFIX = "NEUMETA_"
 REDIS_SCHEMES = ("redis", "rediss", "unix")

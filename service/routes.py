@@ -23,6 +23,7 @@ from service.hotpath import authorized
 from service.schemas import (
     ERROR_RESPONSES,
     Health,
+    InputSpec,
     ModelInfo,
     ModelRequest,
     WidthRange,
@@ -212,7 +213,10 @@ def list_models(synth: Synthesizer) -> list[ModelInfo]:
         infos.append(
             ModelInfo(
                 name=name,
-                family=t.family,
+                builder=t.model,
+                dataset=ckpt.data.name,
+                input=InputSpec(shape=["batch", *ckpt.data.input_shape]),
+                labels=ckpt.data.labels,
                 digest=ckpt.digest,
                 generated=ckpt.generated_tensors(),
                 widths_trained=WidthRange(min=t.trained_widths()[-1], max=t.max_width, step=t.train_stride),

@@ -115,9 +115,18 @@ class WidthRange(BaseModel):
     step: int = 1  # widths trained: max, max - step, ..., down to min; those between were never seen
 
 
+class InputSpec(BaseModel):
+    name: str = "input"
+    dtype: str = "float32"
+    shape: list[int | str]  # ["batch", C, H, W]
+
+
 class ModelInfo(BaseModel):
     name: str
-    family: str
+    builder: str  # the build(width) function it was trained from: informational, never imported by the service
+    dataset: str
+    input: InputSpec
+    labels: list[str]
     digest: str
     generated: list[str]
     widths_trained: WidthRange

@@ -26,7 +26,7 @@ def mlp_checkpoint(split, tmp_path_factory):
     from neumeta_core import train
     from neumeta_core.config import HyperNetConfig, TargetConfig, TrainConfig
 
-    target = TargetConfig(family="mlp", max_width=16, train_min_width=8, min_width=4)
+    target = TargetConfig(model="neumeta_core.builders.digits:mlp", max_width=16, train_min_width=8, min_width=4)
     cfg = TrainConfig(pretrain_epochs=20, warm_steps=150, steps=150, batch_size=64)
     result = train.train(target, HyperNetConfig(hidden=64, layers=3, frequencies=4), cfg, split, progress=False)
     path = tmp_path_factory.mktemp("mlp") / "mlp.pt"

@@ -3,7 +3,7 @@ import pytest
 from neumeta_core import checkpoint, train
 from neumeta_core.config import HyperNetConfig, TargetConfig, TrainConfig
 
-TINY_TARGET = TargetConfig(max_width=8, stem_channels=8, train_min_width=4, min_width=2)
+TINY_TARGET = TargetConfig(model="neumeta_core.builders.digits:digits_cnn", max_width=8, train_min_width=4, min_width=2)
 TINY_NET = HyperNetConfig(hidden=16, layers=2, frequencies=2)
 TINY_TRAIN = TrainConfig(pretrain_epochs=1, warm_steps=30, steps=10, batch_size=32, permute="all")
 

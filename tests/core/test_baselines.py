@@ -29,7 +29,7 @@ def test_compare_reports_every_series_per_width(tiny, split):
     for r in rows:
         assert {"neumeta_k1", "neumeta_k2", "l1_pruned", "individual"} <= set(r)
         assert all(0.0 <= r[c] <= 100.0 for c in ("neumeta_k1", "neumeta_k2", "l1_pruned", "individual"))
-    assert rows[0]["l1_pruned"] == result.teacher_accuracy  # width 8 = h_max: the teacher itself
+    assert rows[0]["l1_pruned"] == pytest.approx(result.teacher_accuracy)  # h_max: the teacher, run by onnxruntime
     for r in rows:  # the mean over two individually trained nets, each reproducible from its seed
         assert r["individual"] == pytest.approx(sum(r["individual_runs"]) / 2) and len(r["individual_runs"]) == 2
     assert baselines.individual(ckpt, split, 3, seed=1, progress=False) == rows[1]["individual_runs"][1]

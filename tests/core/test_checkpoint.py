@@ -38,8 +38,8 @@ def test_an_unknown_field_is_refused_not_dropped(tmp_path, payload):
 
 
 def test_a_newer_format_is_refused(tmp_path, payload):
-    with pytest.raises(InputError, match=r"in format 'neumeta-checkpoint/2'; this version .* reads"):
-        checkpoint.load(save(tmp_path, {**payload, "format": "neumeta-checkpoint/2"}))
+    with pytest.raises(InputError, match=r"in format 'neumeta-checkpoint/3'; this version .* reads"):
+        checkpoint.load(save(tmp_path, {**payload, "format": "neumeta-checkpoint/3"}))
 
 
 def test_a_missing_field_is_a_damaged_checkpoint(tmp_path, payload):

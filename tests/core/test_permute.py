@@ -1,23 +1,23 @@
 import pytest
 import torch
 
-from neumeta_core import permute
-from neumeta_core.config import TargetConfig
-from neumeta_core.targets import digits_cnn, family
+from neumeta_core import permute, structure
+from neumeta_core.builders.digits import digits_cnn
 
 
 def test_every_group_permuted_keeps_the_function_and_lowers_total_variation():
     torch.manual_seed(0)
-    model = digits_cnn(width=24).eval()
-    groups = family("digits_cnn").channel_groups(TargetConfig())
-    assert set(groups) == {"conv1.out", "stream", "block.hidden"}
+    model = digits_cnn(24).eval()
+    groups = structure.channel_groups(model, (1, 8, 8))
+    assert len(groups) == 3  # conv1's outputs; the residual stream; the block's hidden channels
     result = permute.smooth(model.state_dict(), groups)
     for name, order in result.orders.items():
-        size = next(model.state_dict()[t].shape[a] for t, a in groups[name].items())
+        first, axis, factor = groups[name][0]
+        size = model.state_dict()[first].shape[axis] // factor
         assert sorted(order) == list(range(size)) and order != list(range(size))
         before, after = result.total_variation[name]
         assert after < before, name
-    other = digits_cnn(width=24).eval()
+    other = digits_cnn(24).eval()
     other.load_state_dict(result.state)
     x = torch.rand(32, 1, 8, 8)
     with torch.no_grad():
@@ -25,10 +25,11 @@ def test_every_group_permuted_keeps_the_function_and_lowers_total_variation():
 
 
 def test_input_and_class_axes_never_move():
-    groups = family("digits_cnn").channel_groups(TargetConfig())
-    members = {(t, a) for g in groups.values() for t, a in g.items()}
+    groups = structure.channel_groups(digits_cnn(24), (1, 8, 8))
+    members = {(t, a) for g in groups.values() for t, a, _ in g}
     assert ("conv1.weight", 1) not in members  # image channels
     assert ("fc.weight", 0) not in members and ("fc.bias", 0) not in members  # classes
+    assert ("block.conv_a.weight", 0) in members and ("block.conv_b.weight", 1) in members
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 7, 40])

@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from neumeta_core.sampling import ratio_for, width_for
+from neumeta_core.train import model_at
 
 
 @pytest.mark.parametrize(
@@ -26,11 +27,12 @@ def test_synthesis_is_deterministic(bundled):
 
 
 def test_synthesized_model_has_requested_width(bundled):
-    model = bundled.morph.synthesize(12)
+    model = model_at(bundled, 12)
     assert model.conv2.conv.weight.shape == (12, 12, 3, 3) and model.conv3.conv.weight.shape == (24, 12, 3, 3)
-    assert bundled.morph.param_count(12) == sum(p.numel() for p in model.parameters())
+    bn = sum(p.numel() for n, p in model.named_parameters() if ".bn." in n)  # folded: one bias per channel
+    assert bundled.morph.param_count(12) == sum(p.numel() for p in model.parameters()) - bn // 2
     with pytest.raises(ValueError, match="outside the supported range"):
-        bundled.morph.synthesize(bundled.target.max_width + 1)
+        bundled.morph.state_dict(bundled.target.max_width + 1)
 
 
 @pytest.mark.parametrize(

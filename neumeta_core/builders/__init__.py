@@ -1,0 +1,58 @@
+"""Our own networks, each one `build(width)` function through the same generic path as a user's
+(neumeta_core.structure), with the recipe each is trained with. Importable without torch: the command line
+and the service's settings read the names and the bundled files from here.
+
+- digits_full: every layer follows h (the whole network generated; the default bundle);
+- digits_cnn: a fixed stem and classifier around one residual block whose hidden width is h;
+- mlp: 64 pixels -> h -> 10;
+- resnet20: CIFAR ResNet20, the last block's hidden width h (the paper's setting);
+- resnet20_stage3: every block of stage 3 follows h (the whole-network follow-up's setting).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from neumeta_core.names import CHECKPOINTS
+
+BUNDLED = CHECKPOINTS / "digits_full.pt"  # every layer generated: the default model
+BLOCK = CHECKPOINTS / "digits_cnn.pt"  # the earlier bundle: only the residual block
+BUNDLES: dict[str, Path] = {"digits_full": BUNDLED, "digits_cnn": BLOCK}
+
+# name -> (module:function, data set, target fields, hypernetwork fields, training fields)
+Recipe = tuple[str, str, dict[str, Any], dict[str, Any], dict[str, Any]]
+RECIPES: dict[str, Recipe] = {
+    # every layer generated; h = 8 (gamma 0.75) below the trained widths 10..32, as in the paper. The
+    # whole-network recipe: no distillation, task lr 1e-3, K = 4 weight sets on a lattice at inference, one
+    # function of position for every width (docs/results/experiments.md)
+    "digits_full": (
+        "neumeta_core.builders.digits:digits_full",
+        "digits",
+        {"train_min_width": 10, "min_width": 8},
+        {"hidden": 128, "centred": True, "sizes": False},
+        {"lr": 1e-3, "kd_weight": 0.0, "samples": 4, "quadrature": "lattice"},
+    ),
+    "digits_cnn": ("neumeta_core.builders.digits:digits_cnn", "digits", {}, {}, {}),
+    "mlp": ("neumeta_core.builders.digits:mlp", "digits", {}, {}, {}),
+    # CIFAR-10: the usual ResNet20 schedule for the teacher and the individual nets (SGD 0.1, 200 epochs,
+    # batch 128, wd 5e-4); h in 32..64 trained, h = 16 (gamma 0.75) never seen
+    "resnet20": (
+        "neumeta_core.builders.resnet:resnet20",
+        "cifar10",
+        {"max_width": 64, "train_min_width": 32, "train_stride": 1, "min_width": 8},
+        {},
+        {
+            "batch_size": 128,
+            "pretrain_epochs": 200,
+            "pretrain_lr": 0.1,
+            "pretrain_optimizer": "sgd",
+            "pretrain_weight_decay": 5e-4,
+            "warm_steps": 4000,
+            "steps": 60_000,
+        },
+    ),
+}
+RECIPES["resnet20_stage3"] = ("neumeta_core.builders.resnet:resnet20_stage3", *RECIPES["resnet20"][1:])
+NAMES = tuple(RECIPES)
+DEFAULT = "digits_full"
