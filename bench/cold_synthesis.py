@@ -83,7 +83,7 @@ def stages(ckpt: Checkpoint, width: int, samples: int, repeats: int, probe: torc
         return {**morph.fixed, **dict(zip(morph.shapes(width), tensors, strict=True))}
 
     t_assemble, generated = fastest(assemble, repeats, device)
-    state = {**generated, **morph.statistics.get(width, {})}  # measured at training time: nothing to calibrate
+    state = {**generated, **morph.stats(width, samples)}  # measured at training time: nothing to calibrate
     graph = ckpt.graph(width)
     t_onnx, body = fastest(lambda: export.serialize(graph, state, "onnx", "float32"), repeats, device)
     spec = files.spec_for(ckpt, width, samples=samples)

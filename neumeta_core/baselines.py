@@ -23,14 +23,21 @@ from neumeta_core.train import accuracy, pretrain
 
 def l1_pruned(ckpt: Checkpoint, width: int) -> dict[str, torch.Tensor]:
     """The pretrained network with, in each channel group that follows the width, the channels of largest
-    L1 norm kept: the norm of every weight (two or more dimensions) that writes the channel (axis 0). The
-    pretrained BatchNorm statistics are pruned with them, not recalibrated."""
+    L1 norm kept: the norm of every weight (two or more dimensions) that writes the channel (axis 0), groups
+    in network order. The pretrained BatchNorm statistics are pruned with them, not recalibrated."""
     if ckpt.teacher is None:
         raise InputError("this checkpoint holds no pretrained weights; retrain it")
     structure = ckpt.structure
     pruned = dict(ckpt.teacher)
     covered = set()
-    for group in structure.hidden_groups().values():
+    position = {name: i for i, name in enumerate(structure.rules)}
+    # in network order (a group's place: its first writer's in the state dict); each group's norms are taken
+    # after the groups before it are pruned, so a layer's filters are judged on the inputs that remain
+    groups = sorted(
+        structure.hidden_groups().values(),
+        key=lambda g: min(position[n] for n, axis, _ in g if axis == 0),
+    )
+    for group in groups:
         writers = [n for n, axis, _ in group if axis == 0 and pruned[n].dim() >= 2]
         first, axis, factor = group[0]
         channels = pruned[first].shape[axis] // factor

@@ -63,7 +63,7 @@ class Checkpoint:
     metadata: dict[str, Any]
     digest: str  # sha256 of the file
     data: Data
-    reference: dict[int, np.ndarray]  # width -> logits on probe() of build(width) with the default weights
+    reference: dict[int, dict[int, np.ndarray]]  # K -> width -> logits on probe() of build(width), served weights
     calibration: torch.Tensor | None
 
     @property
@@ -82,7 +82,7 @@ class Checkpoint:
 
     def probe(self) -> torch.Tensor:
         """The fixed input batch the reference logits were computed on (the same as train.probe)."""
-        count = len(next(iter(self.reference.values())))
+        count = len(next(iter(self.reference[self.morph.samples].values())))
         return torch.rand(count, *self.data.input_shape, generator=torch.Generator().manual_seed(0))
 
 
@@ -126,8 +126,8 @@ def save(path: str | Path, result: TrainResult, train: TrainConfig) -> str:
         "fixed_state": _cpu(morph.fixed),
         "teacher_state": _cpu(result.teacher),
         "hypernet_state": _cpu(morph.hypernet.state_dict()),
-        "statistics": {str(w): _cpu(s) for w, s in morph.statistics.items()},
-        "reference": {str(w): v.detach().cpu().contiguous() for w, v in result.reference.items()},
+        "statistics": {str(k): {str(w): _cpu(s) for w, s in per.items()} for k, per in morph.statistics.items()},
+        "reference": {str(k): _cpu({str(w): v for w, v in per.items()}) for k, per in result.reference.items()},
     }
     if result.calibration is not None:
         payload["calibration"] = result.calibration.detach().cpu().contiguous()
@@ -155,8 +155,11 @@ def load(path: str | Path = BUNDLED, device: str | torch.device = "cpu") -> Chec
         hypernet.load_state_dict(payload["hypernet_state"])
         shared = [Graph(t.numpy().tobytes(), structure.folds) for t in payload["graphs"]["templates"]]
         graphs = {int(w): shared[i] for w, i in payload["graphs"]["width"].items()}
-        statistics = {int(w): {k: v.to(device) for k, v in s.items()} for w, s in payload["statistics"].items()}
-        reference = {int(w): v.numpy() for w, v in payload["reference"].items()}
+        statistics = {
+            int(k): {int(w): {n: v.to(device) for n, v in s.items()} for w, s in per.items()}
+            for k, per in payload["statistics"].items()
+        }
+        reference = {int(k): {int(w): v.numpy() for w, v in per.items()} for k, per in payload["reference"].items()}
         info = payload["data"]
         about = Data(str(info["name"]), tuple(int(d) for d in info["input_shape"]), [str(c) for c in info["labels"]])
     except InputError as exc:

@@ -141,16 +141,16 @@ FLOAT16_TOLERANCE = 2e-2  # a float16 file against the float32 reference: roundi
 
 def verify(ckpt: Checkpoint, spec: FileSpec, body: bytes, state: dict[str, torch.Tensor], probe: torch.Tensor) -> None:
     """ExportMismatch unless the file computes what build(width) computed at training time: onnxruntime's
-    logits on the probe against the reference logits the checkpoint holds for this width (K and arithmetic
-    the checkpoint's own; float16 files to FLOAT16_TOLERANCE). Files with another K or arithmetic have no
-    reference: their weights are read back and compared exactly, and their logits must be finite.
+    logits on the probe against the reference logits the checkpoint holds for this width and K (K = 1 and
+    the checkpoint's own, float32 arithmetic; float16 files to FLOAT16_TOLERANCE). Files with another K or
+    arithmetic have no reference: their weights are read back and compared exactly, and their logits must be finite.
     Safetensors files are read back and compared."""
     if spec.format == "safetensors":
         error = export.verify_safetensors(body, export.served(ckpt.graph(spec.width), state), spec.dtype)
         tolerance = export.TOLERANCE
     else:
-        default = spec.samples == ckpt.morph.samples and spec.precision == "float32"
-        reference = ckpt.reference.get(spec.width) if default else None
+        stored = ckpt.reference.get(spec.samples, {}) if spec.precision == "float32" else {}
+        reference = stored.get(spec.width)
         logits = export.session(body).run([export.OUTPUT], {export.INPUT: probe.cpu().numpy()})[0]
         if reference is not None and len(reference) == len(logits):
             error = export.relative(logits, reference)

@@ -60,7 +60,7 @@ class MorphicNet:
         structure: Structure,
         hypernet: HyperNetwork,
         fixed: dict[str, torch.Tensor],
-        statistics: dict[int, dict[str, torch.Tensor]],
+        statistics: dict[int, dict[int, dict[str, torch.Tensor]]],
         graphs: dict[int, Graph],
         samples: int = 1,
         noise: float = 1.0,
@@ -71,7 +71,8 @@ class MorphicNet:
         self.structure = structure
         self.hypernet = hypernet.eval()
         self.fixed = fixed
-        self.statistics = statistics  # width -> BatchNorm buffers at that width (empty without BatchNorm)
+        # K -> width -> BatchNorm buffers of build(width) with K weight sets (empty without BatchNorm)
+        self.statistics = statistics
         self.graphs = graphs  # width -> the exported graph, without weights
         self.samples = samples
         self.noise = noise
@@ -123,9 +124,16 @@ class MorphicNet:
 
     def state_dict(self, width: int, precision: str = "float32", samples: int | None = None) -> dict[str, torch.Tensor]:
         """The state of build(width): fixed and generated tensors, and the BatchNorm statistics measured at
-        this width at training time (with the checkpoint's own K and float32)."""
+        this width at training time (`stats`)."""
         generated = self.generate(width, precision, samples)
-        return {**self.fixed, **self.statistics.get(width, {}), **generated}
+        return {**self.fixed, **self.stats(width, samples), **generated}
+
+    def stats(self, width: int, samples: int | None = None) -> dict[str, torch.Tensor]:
+        """The BatchNorm statistics of build(width) with K weight sets, measured at training time for K = 1 and
+        the checkpoint's own K; another K gets those of the checkpoint's K (close: the weights differ little)."""
+        k = self.samples if samples is None else samples
+        per_width = self.statistics.get(k) or self.statistics.get(self.samples, {})
+        return per_width.get(width, {})
 
     def param_count(self, width: int) -> int:
         """Parameters of the served file at `width` (BatchNorm folded), from shapes alone."""

@@ -67,7 +67,7 @@ class TrainResult:
     teacher: dict[str, torch.Tensor]  # the permuted teacher's generated (and later trained) tensors at h_max
     teacher_accuracy: float
     accuracy: dict[int, float]  # width -> held-out accuracy (%)
-    reference: dict[int, torch.Tensor]  # width -> logits of build(width) on probe() with the served weights
+    reference: dict[int, dict[int, torch.Tensor]]  # K -> width -> logits of build(width) on probe(), served weights
     calibration: torch.Tensor | None
     labels: list[str]
     metadata: dict[str, Any] = field(default_factory=dict)
@@ -361,21 +361,25 @@ def synthesize(morph: MorphicNet, build: Builder, width: int) -> nn.Module:
 @torch.no_grad()
 def measure(
     morph: MorphicNet, build: Builder, calibration: torch.Tensor | None, progress: bool = False
-) -> dict[int, torch.Tensor]:
-    """At every stored width: the BatchNorm statistics of the calibration images (into morph.statistics),
-    and the logits of build(width) on probe() (returned: the service's reference for its files)."""
-    reference: dict[int, torch.Tensor] = {}
+) -> dict[int, dict[int, torch.Tensor]]:
+    """At every stored width, for K = 1 and the checkpoint's K: the BatchNorm statistics of the calibration
+    images (into morph.statistics), and the logits of build(width) on probe() (returned: the service's
+    reference for its files)."""
+    reference: dict[int, dict[int, torch.Tensor]] = {}
     x = probe(morph.structure.input_shape).to(morph.device)
     widths = morph.target.stored_widths()
+    plan = [(k, w) for k in sorted({1, morph.samples}) for w in widths]
     with morph.allowing(min(widths)):
-        for width in tqdm(widths, desc="statistics", disable=not progress, mininterval=1.0):
+        for k, width in tqdm(plan, desc="statistics", disable=not progress, mininterval=1.0):
             model = build_at(build, width).to(morph.device)
-            model.load_state_dict(morph.state_dict(width), strict=False)  # the statistics are measured here
+            generated = morph.generate(width, samples=k)
+            model.load_state_dict({**morph.fixed, **generated}, strict=False)  # the statistics are measured here
             if calibration is not None:
                 recalibrate(model, calibration.to(morph.device))
                 state = model.state_dict()
-                morph.statistics[width] = {n: state[n].detach().clone() for n in morph.structure.statistics}
-            reference[width] = model.eval()(x).cpu()
+                stats = {n: state[n].detach().clone() for n in morph.structure.statistics}
+                morph.statistics.setdefault(k, {})[width] = stats
+            reference.setdefault(k, {})[width] = model.eval()(x).cpu()
     return reference
 
 

@@ -52,12 +52,18 @@ def test_statistics_are_those_of_the_calibration_images_at_each_width(trained, s
     assert trained.calibration is not None and len(trained.calibration) == 512
     for width in (3, 6):
         model = train.model_at(trained, width)
-        stored = {k: v.clone() for k, v in trained.morph.statistics[width].items()}
+        stored = {k: v.clone() for k, v in trained.morph.stats(width).items()}
         recalibrate(model, trained.calibration)
         assert all(torch.equal(model.state_dict()[k], v) for k, v in stored.items())
         recalibrate(model, split.x_test[:64])
         assert not torch.allclose(model.state_dict()["conv1.bn.running_mean"], stored["conv1.bn.running_mean"])
-    assert trained.morph.statistics[3]["conv1.bn.running_mean"].shape == (3,)
+    assert trained.morph.stats(3)["conv1.bn.running_mean"].shape == (3,)
+    k1 = train.model_at(trained, 5)
+    k1.load_state_dict(trained.morph.state_dict(5, samples=1))
+    stored = trained.morph.stats(5, samples=1)
+    recalibrate(k1, trained.calibration)  # K = 1 has statistics of its own, measured with its weights
+    assert all(torch.equal(k1.state_dict()[k], v) for k, v in stored.items())
+    assert not torch.equal(stored["conv2.bn.running_var"], trained.morph.stats(5)["conv2.bn.running_var"])
 
 
 def test_l1_pruning_prunes_every_layer_consistently(trained, split):

@@ -131,11 +131,11 @@ def test_a_served_file_equals_the_torch_network_synthesised_at_that_width(networ
             model.load_state_dict(morph.state_dict(width), strict=False)
             if calibration is not None:
                 train.recalibrate(model, calibration)
-                morph.statistics[width] = {n: model.state_dict()[n] for n in derived.statistics}
+                morph.statistics.setdefault(2, {})[width] = {n: model.state_dict()[n] for n in derived.statistics}
             reference[width] = model.eval()(torch.rand(8, *_input(ref), generator=torch.Generator().manual_seed(0)))
     ckpt = Checkpoint(
         morph, target, hyper.cfg, TrainConfig(samples=2), {}, None, {}, {}, "0" * 64,
-        Data("test", _input(ref), [str(i) for i in range(10)]), {w: r.detach().numpy() for w, r in reference.items()},
+        Data("test", _input(ref), [str(i) for i in range(10)]), {2: {w: r.detach().numpy() for w, r in reference.items()}},
         calibration,
     )  # fmt: skip
     for width in widths:
