@@ -133,11 +133,11 @@ def test_a_served_file_equals_the_torch_network_synthesised_at_that_width(networ
                 train.recalibrate(model, calibration)
                 morph.statistics.setdefault(2, {})[width] = {n: model.state_dict()[n] for n in derived.statistics}
             reference[width] = model.eval()(torch.rand(8, *_input(ref), generator=torch.Generator().manual_seed(0)))
+    logits = {2: {w: r.detach().numpy() for w, r in reference.items()}}
+    about = Data("test", _input(ref), [str(i) for i in range(10)])
     ckpt = Checkpoint(
-        morph, target, hyper.cfg, TrainConfig(samples=2), {}, None, {}, {}, "0" * 64,
-        Data("test", _input(ref), [str(i) for i in range(10)]), {2: {w: r.detach().numpy() for w, r in reference.items()}},
-        calibration,
-    )  # fmt: skip
+        morph, target, hyper.cfg, TrainConfig(samples=2), {}, None, {}, {}, "0" * 64, about, logits, calibration
+    )
     for width in widths:
         for dtype in ("float32", "float16"):
             built = files.build(ckpt, files.spec_for(ckpt, width, dtype=dtype))
