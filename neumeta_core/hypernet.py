@@ -131,13 +131,15 @@ class HyperNetwork(nn.Module):
         generator: torch.Generator | None = None,
         precision: str = "float32",
         lattice: bool = False,
+        inputs: tuple[torch.Tensor, list[int]] | None = None,
     ) -> list[torch.Tensor]:
         """What forward() returns for every tensor, evaluated in groups: tensors with the same number
         of queries (conv_a and conv_b's weights, their biases) run their MLPs together as batched
         matmuls, so a synthesis launches a few large kernels instead of a few per tensor. The
         coordinates of all tensors go to the device in one copy; nothing waits for the device until
         the caller reads the result. `precision`: "float32", "tf32" (CUDA matmuls in TF32) or
-        "bfloat16" (the MLPs under bf16 autocast; outputs averaged in float32).
+        "bfloat16" (the MLPs under bf16 autocast; outputs averaged in float32). `inputs`: what
+        `inputs()` returns for the same arguments, computed once and reused (MorphicNet keeps them per width).
         """
         self._check(shapes)
         if precision not in PRECISIONS:
@@ -145,14 +147,11 @@ class HyperNetwork(nn.Module):
         device = next(self.parameters()).device
         if device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32 != (precision == "tf32"):
             raise RuntimeError(f"CUDA matmuls are not set up for {precision}: call set_precision({precision!r}) first")
-        raw = [self.coordinates(shapes, t, samples, noise, generator, lattice) for t in range(len(shapes))]
-        flat = torch.cat(raw)
-        flat = flat.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else flat.to(device)
-        x_all = self.features(flat)
-        starts = [0, *itertools.accumulate(r.shape[0] for r in raw)]
+        x_all, counts = inputs or self.inputs(shapes, samples, noise, generator, lattice)
+        starts = [0, *itertools.accumulate(counts)]
         groups: dict[int, list[int]] = {}
-        for t, r in enumerate(raw):
-            groups.setdefault(r.shape[0], []).append(t)
+        for t, count in enumerate(counts):
+            groups.setdefault(count, []).append(t)
         out: list[torch.Tensor | None] = [None] * len(shapes)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bfloat16"):
             for members in groups.values():
@@ -161,6 +160,23 @@ class HyperNetwork(nn.Module):
                 for g, t in enumerate(members):
                     out[t] = self.assemble(y[g], shapes[t], samples)
         return [t for t in out if t is not None]
+
+    @torch.no_grad()
+    def inputs(
+        self,
+        shapes: Sequence[Shape],
+        samples: int = 1,
+        noise: float = 0.0,
+        generator: torch.Generator | None = None,
+        lattice: bool = False,
+    ) -> tuple[torch.Tensor, list[int]]:
+        """The encoded inputs of every tensor's queries, concatenated on the hypernetwork's device (one copy),
+        and the number of rows of each tensor."""
+        device = next(self.parameters()).device
+        raw = [self.coordinates(shapes, t, samples, noise, generator, lattice) for t in range(len(shapes))]
+        flat = torch.cat(raw)
+        flat = flat.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else flat.to(device)
+        return self.features(flat), [r.shape[0] for r in raw]
 
     def _grouped_mlp(self, members: list[int], x: torch.Tensor) -> torch.Tensor:
         """The MLPs of tensors `members` on their inputs x (G, R, P) at once: (G, R, output_dim)."""

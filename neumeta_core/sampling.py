@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import threading
+from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -15,6 +17,10 @@ from neumeta_core.errors import InputError
 from neumeta_core.export import Graph
 from neumeta_core.hypernet import HyperNetwork
 from neumeta_core.network import Shape, Structure
+
+INPUT_CACHE_BYTES = (
+    128 << 20
+)  # encoded hypernetwork inputs kept per (width, K): 60 MB for every served width of the bundle
 
 
 def width_for(ratio: float, max_width: int) -> int:
@@ -78,6 +84,8 @@ class MorphicNet:
         self.noise = noise
         self.seed = seed
         self.lattice = lattice  # the K weight sets on a lattice over each weight's noise cell (not random)
+        self._inputs: OrderedDict[tuple[int, int], tuple[torch.Tensor, list[int]]] = OrderedDict()
+        self._lock = threading.Lock()
 
     @property
     def device(self) -> torch.device:
@@ -117,10 +125,37 @@ class MorphicNet:
         self.check_width(width)
         k = self.samples if samples is None else samples
         shapes = self.shapes(width)
-        gen = torch.Generator().manual_seed(self.seed)
-        noise = self.noise if k > 1 else 0.0
-        tensors = self.hypernet.synthesize(list(shapes.values()), k, noise, gen, precision, self.lattice)
+        inputs = self.inputs(width, k)
+        tensors = self.hypernet.synthesize(list(shapes.values()), k, precision=precision, inputs=inputs)
         return dict(zip(shapes, tensors, strict=True))
+
+    def inputs(self, width: int, samples: int) -> tuple[torch.Tensor, list[int]]:
+        """The hypernetwork's encoded inputs at `width` with K = `samples`: the same for every synthesis (the
+        noise comes from a fixed seed), so computed once and kept, least recently used first out, within
+        INPUT_CACHE_BYTES."""
+        key = (width, samples)
+        with self._lock:
+            if key in self._inputs:
+                self._inputs.move_to_end(key)
+                return self._inputs[key]
+        gen = torch.Generator().manual_seed(self.seed)
+        noise = self.noise if samples > 1 else 0.0
+        made = self.hypernet.inputs(list(self.shapes(width).values()), samples, noise, gen, self.lattice)
+        with self._lock:
+            self._inputs[key] = made
+            while self.inputs_bytes() > INPUT_CACHE_BYTES and len(self._inputs) > 1:
+                self._inputs.popitem(last=False)
+        return made
+
+    def inputs_bytes(self) -> int:
+        return sum(x.numel() * x.element_size() for x, _ in self._inputs.values())
+
+    def prepare(self, widths: list[int], samples: int | None = None) -> None:
+        """Encode the inputs of `widths` ahead of the first request, while they fit in INPUT_CACHE_BYTES."""
+        for width in widths:
+            self.inputs(width, self.samples if samples is None else samples)
+            if self.inputs_bytes() >= INPUT_CACHE_BYTES:
+                break
 
     def state_dict(self, width: int, precision: str = "float32", samples: int | None = None) -> dict[str, torch.Tensor]:
         """The state of build(width): fixed and generated tensors, and the BatchNorm statistics measured at

@@ -199,6 +199,9 @@ class Synthesizer:
         for ckpt in self.models.values():
             spec = self.spec(ckpt, ckpt.target.max_width)
             await self.store.put(await self.build(spec, ckpt))
+            served = list(range(ckpt.target.max_width, ckpt.target.min_width - 1, -1))
+            samples = self.settings.samples or ckpt.morph.samples
+            await asyncio.get_running_loop().run_in_executor(self._worker, ckpt.morph.prepare, served, samples)
 
     def close(self) -> None:
         self._worker.shutdown(wait=True, cancel_futures=True)

@@ -51,3 +51,19 @@ def test_sample_with_a_size_out_of_range_is_one_line_and_status_2(argv, says, tm
     assert main(["sample", *argv, "-o", str(out)]) == 2
     err = capsys.readouterr().err
     assert err == f"neumeta sample: {says}\n" and not out.exists()
+
+
+def test_encoded_inputs_are_kept_per_width_and_give_the_same_weights(bundled, monkeypatch):
+    from neumeta_core import sampling
+
+    morph = bundled.morph
+    shapes = list(morph.shapes(13).values())
+    gen = torch.Generator().manual_seed(morph.seed)
+    direct = morph.hypernet.synthesize(shapes, morph.samples, morph.noise, gen, lattice=morph.lattice)
+    cached = morph.generate(13)
+    assert all(torch.equal(a, b) for a, b in zip(direct, cached.values(), strict=True))
+    assert morph.inputs(13, morph.samples) is morph.inputs(13, morph.samples)  # computed once
+    one = morph.inputs(9, 1)[0]
+    monkeypatch.setattr(sampling, "INPUT_CACHE_BYTES", one.numel() * one.element_size())
+    morph.inputs(10, 1)  # over the budget: the least recently used go first
+    assert (10, 1) in morph._inputs and (13, morph.samples) not in morph._inputs
