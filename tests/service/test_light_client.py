@@ -4,7 +4,6 @@ httpx, tqdm and pydantic-settings, each with its own requirements), and download
 
 import hashlib
 import subprocess
-import time
 import venv
 from importlib import metadata
 from pathlib import Path
@@ -84,14 +83,12 @@ def test_the_edge_venv_has_no_torch(edge):
 def test_fetch_from_the_edge_venv_downloads_a_verified_model(edge, tmp_path):
     out = tmp_path / "m.onnx"
     with serving() as live:
-        started = time.monotonic()
         done = subprocess.run(
             [str(edge), "-m", "service.cli", "fetch", "--url", live.url, "--ratio", "0.5", "-o", str(out)],
             capture_output=True,
             text=True,
             timeout=120,
         )
-        elapsed = time.monotonic() - started
         assert done.returncode == 0, done.stderr
         served = hashlib.sha256(
             httpx.post(f"{live.url}/models", params={"ratio": 0.5}, timeout=120).content
@@ -118,4 +115,3 @@ def test_fetch_from_the_edge_venv_downloads_a_verified_model(edge, tmp_path):
     )
     assert imported.returncode == 2 and "cannot reach" in imported.stderr
     assert "neumeta_core.train" not in imported.stderr and " torch" not in imported.stderr
-    assert elapsed < 120  # a hang bound, not a speed claim (bench/ measures speed)
