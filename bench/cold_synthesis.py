@@ -80,11 +80,11 @@ def stages(ckpt: Checkpoint, width: int, samples: int, repeats: int, probe: torc
         gen = torch.Generator().manual_seed(morph.seed)
         return hyper.inputs(shapes, samples, noise, gen, morph.lattice)
 
-    t_encode, inputs = fastest(encode, repeats, device)
-    t_forward, tensors = fastest(lambda: hyper.synthesize(shapes, samples, inputs=inputs), repeats, device)
+    t_encode, _ = fastest(encode, repeats, device)
+    morph.inputs(width, samples)  # as the service prepares them at load
+    t_forward, generated = fastest(lambda: morph.generate(width, samples=samples), repeats, device)
 
     def assemble() -> dict[str, torch.Tensor]:
-        generated = dict(zip(morph.shapes(width), tensors, strict=True))
         return {**morph.fixed, **morph.stats(width, samples), **generated}  # statistics: measured at training
 
     t_assemble, state = fastest(assemble, repeats, device)
@@ -92,6 +92,22 @@ def stages(ckpt: Checkpoint, width: int, samples: int, repeats: int, probe: torc
     t_onnx, body = fastest(lambda: export.serialize(graph, state, "onnx", "float32"), repeats, device)
     spec = files.spec_for(ckpt, width, samples=samples)
     t_verify, _ = fastest(lambda: files.verify(ckpt, spec, body, state, probe), repeats, device)
+    # references for the forward: every query of this width through one dense MLP (the first tensor's), the
+    # best the batching could do, with and without its ELUs (the floor counts the matmuls only)
+    x_all, _ = morph.inputs(width, samples)
+    mlp = hyper.mlps[0]
+    layers = [mlp.inp, *mlp.hidden, mlp.out]
+
+    def dense(activations: bool) -> torch.Tensor:
+        z = x_all
+        for i, layer in enumerate(layers):
+            z = torch.nn.functional.linear(z, layer.weight, layer.bias)
+            if activations and i < len(layers) - 1:
+                z = torch.nn.functional.elu(z)
+        return z
+
+    t_dense, _ = fastest(lambda: dense(True), repeats, device)
+    t_linear, _ = fastest(lambda: dense(False), repeats, device)
     # the path the service takes, end to end (inputs prepared), to check the stages add up
     morph.inputs(width, samples)
     t_total, _ = fastest(lambda: morph.state_dict(width, samples=samples), repeats, device)
@@ -102,6 +118,8 @@ def stages(ckpt: Checkpoint, width: int, samples: int, repeats: int, probe: torc
         "onnx": t_onnx,
         "verify": t_verify,
         "state_dict": t_total,
+        "dense": t_dense,
+        "dense_linear": t_linear,
         "flops": hyper.flops(shapes, samples),
     }
 
@@ -116,6 +134,8 @@ def row(ckpt: Checkpoint, width: int, samples: int, timings: dict[str, float], r
         "cold_ms": round(cold * 1e3, 3),
         "cold_unprepared_ms": round((cold + timings["encode"]) * 1e3, 3),
         "state_dict_ms": round(timings["state_dict"] * 1e3, 3),
+        "dense_mlp_over_floor": round(timings["dense"] / floor, 2),
+        "dense_matmuls_over_floor": round(timings["dense_linear"] / floor, 2),
         "gflop": round(timings["flops"] / 1e9, 4),
         "floor_ms": round(floor * 1e3, 3),
         "synthesis_over_floor": round((timings["forward"] + timings["assemble"]) / floor, 2),
@@ -197,14 +217,14 @@ def main() -> None:
         "by_samples": by_samples,
     }
     print(f"\nmatmul rate {rate / 1e9:.1f} GFLOP/s (after: {rate_after / 1e9:.1f}), {record['device']}\n")
-    head = "| h | K | encode (at load) | forward | assemble | onnx | verify | cold (ms) | floor (ms) | synthesis/floor | cold/floor | unprepared/floor | onnx+verify share |"  # noqa: E501
-    print(head + "\n|" + "---|" * 13)
+    head = "| h | K | encode (at load) | forward | assemble | onnx | verify | cold (ms) | floor (ms) | synthesis/floor | cold/floor | unprepared/floor | onnx+verify share | one dense MLP/floor | its matmuls/floor |"  # noqa: E501
+    print(head + "\n|" + "---|" * 15)
     for r in by_width + by_samples:
         print(
             f"| {r['width']} | {r['samples']} | {r['encode_ms']:.2f} | {r['forward_ms']:.2f} | {r['assemble_ms']:.2f} "
             f"| {r['onnx_ms']:.2f} | {r['verify_ms']:.2f} | {r['cold_ms']:.2f} | {r['floor_ms']:.2f} "
             f"| {r['synthesis_over_floor']:.2f} | {r['cold_over_floor']:.2f} | {r['cold_unprepared_over_floor']:.2f} "
-            f"| {r['export_share']:.1%} |"
+            f"| {r['export_share']:.1%} | {r['dense_mlp_over_floor']:.2f} | {r['dense_matmuls_over_floor']:.2f} |"
         )
     suffix = "" if device.type == "cpu" else f"-{device.type}"
     out = args.out or RESULTS / f"cold_synthesis{suffix}.json"

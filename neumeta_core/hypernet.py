@@ -15,6 +15,7 @@ from neumeta_core.coords import encoded_dim, fourier, normalise, raw_coordinates
 from neumeta_core.network import Shape
 
 PRECISIONS = ("float32", "tf32", "bfloat16")
+Stacked = tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor]  # per layer (weight, bias); scales
 
 
 def set_precision(precision: str) -> None:
@@ -132,6 +133,7 @@ class HyperNetwork(nn.Module):
         precision: str = "float32",
         lattice: bool = False,
         inputs: tuple[torch.Tensor, list[int]] | None = None,
+        cache: dict[tuple[int, ...], Stacked] | None = None,
     ) -> list[torch.Tensor]:
         """What forward() returns for every tensor, evaluated in groups: tensors with the same number
         of queries (conv_a and conv_b's weights, their biases) run their MLPs together as batched
@@ -139,7 +141,9 @@ class HyperNetwork(nn.Module):
         coordinates of all tensors go to the device in one copy; nothing waits for the device until
         the caller reads the result. `precision`: "float32", "tf32" (CUDA matmuls in TF32) or
         "bfloat16" (the MLPs under bf16 autocast; outputs averaged in float32). `inputs`: what
-        `inputs()` returns for the same arguments, computed once and reused (MorphicNet keeps them per width).
+        `inputs()` returns for the same arguments, computed once and reused (MorphicNet keeps them per width);
+        `cache`: where the stacked weights of each group are kept between calls (the caller's, for weights that
+        no longer change: a served checkpoint's).
         """
         self._check(shapes)
         if precision not in PRECISIONS:
@@ -156,7 +160,13 @@ class HyperNetwork(nn.Module):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bfloat16"):
             for members in groups.values():
                 x = torch.stack([x_all[starts[t] : starts[t + 1]] for t in members])  # (G, K*Q, P)
-                y = self._grouped_mlp(members, x).float()
+                key = tuple(members)
+                weights = None if cache is None else cache.get(key)
+                if weights is None:
+                    weights = self.stacked(members)
+                    if cache is not None:
+                        cache[key] = weights
+                y = self._grouped_mlp(members, x, weights).float()
                 for g, t in enumerate(members):
                     out[t] = self.assemble(y[g], shapes[t], samples)
         return [t for t in out if t is not None]
@@ -178,21 +188,27 @@ class HyperNetwork(nn.Module):
         flat = flat.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else flat.to(device)
         return self.features(flat), [r.shape[0] for r in raw]
 
-    def _grouped_mlp(self, members: list[int], x: torch.Tensor) -> torch.Tensor:
-        """The MLPs of tensors `members` on their inputs x (G, R, P) at once: (G, R, output_dim)."""
+    def stacked(self, members: list[int]) -> Stacked:
+        """The weights of the MLPs of tensors `members`, stacked for batched matmuls: per layer (G, in, out)
+        and (G, 1, out), and the residual scales (G, L-1, 1, 1)."""
         mlps = [cast(ResidualMLP, self.mlps[t]) for t in members]
+        layers = [[m.inp for m in mlps]]
+        layers += [[cast(nn.Linear, m.hidden[i]) for m in mlps] for i in range(len(mlps[0].hidden))]
+        layers += [[m.out for m in mlps]]
+        weights = [
+            (torch.stack([x.weight for x in group]).transpose(1, 2), torch.stack([x.bias for x in group])[:, None, :])
+            for group in layers
+        ]
+        return weights, torch.stack([m.scales for m in mlps])[:, :, None, None]
 
-        def linear(layers: list[nn.Linear], z: torch.Tensor) -> torch.Tensor:
-            weight = torch.stack([layer.weight for layer in layers]).transpose(1, 2)  # (G, in, out)
-            bias = torch.stack([layer.bias for layer in layers])[:, None, :]  # (G, 1, out)
-            return torch.baddbmm(bias, z, weight)
-
-        z = nn.functional.elu(linear([m.inp for m in mlps], x))
-        scales = torch.stack([m.scales for m in mlps])  # (G, L-1)
-        for layer in range(len(mlps[0].hidden)):
-            update = nn.functional.elu(linear([cast(nn.Linear, m.hidden[layer]) for m in mlps], z))
-            z = z + scales[:, layer, None, None] * update
-        return linear([m.out for m in mlps], z)
+    def _grouped_mlp(self, members: list[int], x: torch.Tensor, stacked: Stacked | None = None) -> torch.Tensor:
+        """The MLPs of tensors `members` on their inputs x (G, R, P) at once: (G, R, output_dim)."""
+        weights, scales = stacked or self.stacked(members)
+        z = nn.functional.elu(torch.baddbmm(weights[0][1], x, weights[0][0]), inplace=True)
+        for layer, (weight, bias) in enumerate(weights[1:-1]):
+            update = nn.functional.elu(torch.baddbmm(bias, z, weight), inplace=True)
+            z = z + scales[:, layer] * update
+        return torch.baddbmm(weights[-1][1], z, weights[-1][0])
 
     @staticmethod
     def assemble(y: torch.Tensor, shape: Shape, samples: int) -> torch.Tensor:

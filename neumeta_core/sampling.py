@@ -15,7 +15,7 @@ from torch import nn
 from neumeta_core.config import TargetConfig
 from neumeta_core.errors import InputError
 from neumeta_core.export import Graph
-from neumeta_core.hypernet import HyperNetwork
+from neumeta_core.hypernet import HyperNetwork, Stacked
 from neumeta_core.network import Shape, Structure
 
 INPUT_CACHE_BYTES = (
@@ -86,6 +86,7 @@ class MorphicNet:
         self.lattice = lattice  # the K weight sets on a lattice over each weight's noise cell (not random)
         self._inputs: OrderedDict[tuple[int, int], tuple[torch.Tensor, list[int]]] = OrderedDict()
         self._lock = threading.Lock()
+        self._stacked: dict[tuple[int, ...], Stacked] = {}  # the hypernetwork's weights stacked per group: fixed
 
     @property
     def device(self) -> torch.device:
@@ -126,7 +127,9 @@ class MorphicNet:
         k = self.samples if samples is None else samples
         shapes = self.shapes(width)
         inputs = self.inputs(width, k)
-        tensors = self.hypernet.synthesize(list(shapes.values()), k, precision=precision, inputs=inputs)
+        tensors = self.hypernet.synthesize(
+            list(shapes.values()), k, precision=precision, inputs=inputs, cache=self._stacked
+        )
         return dict(zip(shapes, tensors, strict=True))
 
     def inputs(self, width: int, samples: int) -> tuple[torch.Tensor, list[int]]:
