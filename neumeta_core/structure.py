@@ -224,9 +224,7 @@ def verify_graph(graph: Graph, model: nn.Module, input_shape: Shape) -> float:
     probe = torch.rand(4, *input_shape, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         expected = model.eval()(probe).numpy()
-    body = export.to_onnx(graph, state_of(model))
-    got = export.session(body).run([export.OUTPUT], {export.INPUT: probe.numpy()})[0]
-    return float(np.abs(got - expected).max() / max(1.0, float(np.abs(expected).max())))
+    return export.verify(export.to_onnx(graph, state_of(model)), expected, probe.numpy())
 
 
 def graphs(build: Builder, widths: list[int], input_shape: Shape) -> tuple[dict[int, Graph], list[Fold]]:
