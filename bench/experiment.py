@@ -3,7 +3,7 @@ of interest, appended as a row to docs/results/experiments.md (and the raw numbe
 experiments.jsonl beside it). Failures are rows too: a crashed run is recorded with its error.
 
     .venv/bin/python bench/experiment.py --run 7 --change "centred, no sizes" -- \\
-        --target digits_full --seed 0 --centred --no-sizes
+        --model digits_full --seed 0 --centred --no-sizes
 
 The checkpoint goes to runs/ (ignored by git). Widths: gamma = 0 / 0.25 / 0.5 / 0.75 (h = 32 / 24 /
 16 / 8), the rest of the acceptance grid (28, 20, 12), widths training never drew between trained
