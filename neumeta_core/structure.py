@@ -362,8 +362,14 @@ def derive(
     third = (max_width + low) // 2 if max_width - low > 1 else max_width + 1
     width_rules = rules(build, (max_width, low, third))
     model = build_at(build, max_width)
-    with torch.no_grad():
-        out = model.eval()(torch.zeros(2, *input_shape))
+    try:
+        with torch.no_grad():
+            out = model.eval()(torch.zeros(2, *input_shape))
+    except RuntimeError as exc:  # shapes that do not fit the data (channels, sizes): torch says which
+        first = str(exc).strip().splitlines()[0]
+        raise InputError(
+            f"build({max_width}) cannot run on the data set's inputs of shape {input_shape}: {first}"
+        ) from None
     if tuple(out.shape) != (2, classes):
         raise InputError(
             f"build({max_width}) returns {tuple(out.shape)} for a batch of 2 inputs of {input_shape}: "

@@ -158,3 +158,10 @@ def test_a_bad_folder_is_one_line_naming_what_is_wrong(tmp_path, capsys):
         assert main(["train", "--model", "examples/separable.py:build", *argv]) == 2
         err = capsys.readouterr().err
         assert len(err.strip().splitlines()) == 1 and says in err, err
+    (root / "cat" / "small.png").unlink()
+    for argv, says in (  # RGB images for a network whose first convolution reads one channel
+        (["--dataset", "folder", "--data-dir", str(root)], "cannot run on the data set's inputs of shape (3, 10, 12)"),
+    ):
+        assert main(["train", "--model", "examples/separable.py:build", *argv]) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and says in err, err
