@@ -89,9 +89,10 @@ def stages(ckpt: Checkpoint, width: int, samples: int, repeats: int, probe: torc
 
     t_assemble, state = fastest(assemble, repeats, device)
     graph = ckpt.graph(width)
-    t_onnx, body = fastest(lambda: export.serialize(graph, state, "onnx", "float32"), repeats, device)
+    weights = export.served(graph, state)
+    t_onnx, body = fastest(lambda: export.to_onnx(graph, state), repeats, device)  # folded, then filled
     spec = files.spec_for(ckpt, width, samples=samples)
-    t_verify, _ = fastest(lambda: files.verify(ckpt, spec, body, state, probe), repeats, device)
+    t_verify, _ = fastest(lambda: files.verify(ckpt, spec, body, weights, probe), repeats, device)
     # references for the forward: every query of this width through one dense MLP (the first tensor's), the
     # best the batching could do, with and without its ELUs (the floor counts the matmuls only)
     x_all, _ = morph.inputs(width, samples)

@@ -106,7 +106,11 @@ def to_onnx(
     dtype: str = "float32",
 ) -> bytes:
     """Serialized ONNX model: the graph filled with the weights in `state` (any device), BatchNorm folded."""
-    weights = served(graph, state)
+    return fill(graph, served(graph, state), metadata, dtype)
+
+
+def fill(graph: Graph, weights: Weights, metadata: dict[str, str] | None = None, dtype: str = "float32") -> bytes:
+    """Serialized ONNX model: the graph filled with `weights`, the served tensors (`served`)."""
     model = onnx.ModelProto()
     model.CopyFrom(graph.proto)
     if dtype == "float16":  # store half, compute float: Cast each weight once, inside the graph
@@ -148,14 +152,13 @@ def to_safetensors(
     return struct.pack("<Q", len(text)) + text + b"".join(blobs)
 
 
-def serialize(
-    graph: Graph, state: dict[str, torch.Tensor], fmt: str, dtype: str, metadata: dict[str, str] | None = None
-) -> bytes:
-    """The file of `fmt`: ONNX, or safetensors of the same tensors the ONNX file holds (BatchNorm folded)."""
+def serialize(graph: Graph, weights: Weights, fmt: str, dtype: str, metadata: dict[str, str] | None = None) -> bytes:
+    """The file of `fmt` holding `weights`, the served tensors (`served`: BatchNorm folded): ONNX, or
+    safetensors of the same tensors."""
     if fmt == "onnx":
-        return to_onnx(graph, state, metadata, dtype)
+        return fill(graph, weights, metadata, dtype)
     if fmt == "safetensors":
-        return to_safetensors({k: torch.from_numpy(v) for k, v in served(graph, state).items()}, metadata, dtype)
+        return to_safetensors({k: torch.from_numpy(v) for k, v in weights.items()}, metadata, dtype)
     raise ValueError(f"unknown format {fmt!r}; known: {FORMATS}")
 
 

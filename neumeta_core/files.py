@@ -127,10 +127,10 @@ def build(ckpt: Checkpoint, spec: FileSpec, probe: torch.Tensor | None = None) -
     started = time.perf_counter()
     state = ckpt.morph.state_dict(spec.width, spec.precision, spec.samples)
     synthesized = time.perf_counter()
-    graph = ckpt.graph(spec.width)
-    body = export.serialize(graph, state, spec.format, spec.dtype, metadata(spec, ckpt))
+    weights = export.served(ckpt.graph(spec.width), state)  # folded once: the file and its check use them
+    body = export.serialize(ckpt.graph(spec.width), weights, spec.format, spec.dtype, metadata(spec, ckpt))
     exported = time.perf_counter()
-    verify(ckpt, spec, body, state, ckpt.probe() if probe is None else probe)
+    verify(ckpt, spec, body, weights, ckpt.probe() if probe is None else probe)
     seconds = {"synthesize": synthesized - started, "export": exported - synthesized}
     seconds["verify"] = time.perf_counter() - exported
     return Built(body, seconds)
@@ -139,14 +139,14 @@ def build(ckpt: Checkpoint, spec: FileSpec, probe: torch.Tensor | None = None) -
 FLOAT16_TOLERANCE = 2e-2  # a float16 file against the float32 reference: rounding moves logits ~1e-3
 
 
-def verify(ckpt: Checkpoint, spec: FileSpec, body: bytes, state: dict[str, torch.Tensor], probe: torch.Tensor) -> None:
+def verify(ckpt: Checkpoint, spec: FileSpec, body: bytes, weights: export.Weights, probe: torch.Tensor) -> None:
     """ExportMismatch unless the file computes what build(width) computed at training time: onnxruntime's
     logits on the probe against the reference logits the checkpoint holds for this width and K (K = 1 and
     the checkpoint's own, float32 arithmetic; float16 files to FLOAT16_TOLERANCE). Files with another K or
-    arithmetic have no reference: their weights are read back and compared exactly, and their logits must be finite.
-    Safetensors files are read back and compared."""
+    arithmetic have no reference: their weights are read back and compared exactly with `weights` (the served
+    tensors), and their logits must be finite. Safetensors files are read back and compared."""
     if spec.format == "safetensors":
-        error = export.verify_safetensors(body, export.served(ckpt.graph(spec.width), state), spec.dtype)
+        error = export.verify_safetensors(body, weights, spec.dtype)
         tolerance = export.TOLERANCE
     else:
         stored = ckpt.reference.get(spec.samples, {}) if spec.precision == "float32" else {}
@@ -156,7 +156,7 @@ def verify(ckpt: Checkpoint, spec: FileSpec, body: bytes, state: dict[str, torch
             error = export.relative(logits, reference)
             tolerance = FLOAT16_TOLERANCE if spec.dtype == "float16" else export.TOLERANCE
         else:
-            error = export.verify_weights(body, export.served(ckpt.graph(spec.width), state), spec.dtype)
+            error = export.verify_weights(body, weights, spec.dtype)
             error = error if np.isfinite(logits).all() else float("inf")
             tolerance = 0.0
     if not error <= tolerance:  # NaN fails too

@@ -145,7 +145,8 @@ def test_a_served_file_equals_the_torch_network_synthesised_at_that_width(networ
             tolerance = 1e-4 if dtype == "float32" else 2e-2
             assert export.relative(got, reference[width].detach().numpy()) <= tolerance
     with pytest.raises(files.ExportMismatch):  # and a file that computes something else is not served
-        files.verify(ckpt, files.spec_for(ckpt, widths[0]), built.body, morph.state_dict(widths[0]), ckpt.probe())
+        weights = export.served(graphs[widths[0]], morph.state_dict(widths[0]))
+        files.verify(ckpt, files.spec_for(ckpt, widths[0]), built.body, weights, ckpt.probe())
 
 
 @pytest.mark.parametrize(
