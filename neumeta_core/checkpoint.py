@@ -25,7 +25,7 @@ from neumeta_core.config import HyperNetConfig, TargetConfig, TrainConfig
 from neumeta_core.errors import InputError
 from neumeta_core.export import Graph
 from neumeta_core.hypernet import HyperNetwork
-from neumeta_core.network import Structure
+from neumeta_core.network import Structure, probe
 from neumeta_core.sampling import MorphicNet
 
 if TYPE_CHECKING:
@@ -81,9 +81,8 @@ class Checkpoint:
         return list(self.structure.generated)
 
     def probe(self) -> torch.Tensor:
-        """The fixed input batch the reference logits were computed on (the same as train.probe)."""
-        count = len(next(iter(self.reference[self.morph.samples].values())))
-        return torch.rand(count, *self.data.input_shape, generator=torch.Generator().manual_seed(0))
+        """The fixed input batch the reference logits were computed on."""
+        return probe(self.data.input_shape, len(next(iter(self.reference[self.morph.samples].values()))))
 
 
 def digest(path: str | Path) -> str:

@@ -161,8 +161,3 @@ def verify(ckpt: Checkpoint, spec: FileSpec, body: bytes, weights: export.Weight
             tolerance = 0.0
     if not error <= tolerance:  # NaN fails too
         raise ExportMismatch(f"the exported {spec.format} file differs from torch by {error:.2e} (relative)")
-
-
-def probe(ckpt: Checkpoint) -> torch.Tensor:
-    """The fixed input batch the checkpoint's reference logits were computed on."""
-    return ckpt.probe()

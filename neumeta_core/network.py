@@ -7,6 +7,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import torch
+
 from neumeta_core.export import Fold
 
 Shape = tuple[int, ...]
@@ -72,3 +74,11 @@ class Structure:
             groups={g: [(str(n), int(a), int(f)) for n, a, f in m] for g, m in data["groups"].items()},
             folds=[Fold(**f) for f in data["folds"]],
         )
+
+
+PROBE = 8  # inputs whose logits at every width a checkpoint keeps: the service verifies its files with them
+
+
+def probe(input_shape: Shape, count: int = PROBE) -> torch.Tensor:
+    """The fixed input batch the reference logits are computed on, the same in every process."""
+    return torch.rand(count, *input_shape, generator=torch.Generator().manual_seed(0))

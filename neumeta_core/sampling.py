@@ -10,7 +10,6 @@ from contextlib import contextmanager
 from dataclasses import replace
 
 import torch
-from torch import nn
 
 from neumeta_core.config import TargetConfig
 from neumeta_core.errors import InputError
@@ -41,18 +40,6 @@ def unseen_widths(target: TargetConfig) -> list[int]:
     between = {min(gaps, key=lambda h: abs(h - f * target.max_width)) for f in (0.85, 0.4)} if gaps else set()
     below = {target.min_width, (target.min_width + target.train_min_width) // 2} - trained
     return sorted(between | below, reverse=True)
-
-
-@torch.no_grad()
-def recalibrate(model: nn.Module, images: torch.Tensor) -> nn.Module:
-    """Slimmable networks' BN calibration: every BatchNorm's running statistics set to those of
-    `images` in one batch (exact and deterministic); the model is returned in eval mode."""
-    for module in model.modules():
-        if isinstance(module, nn.BatchNorm1d | nn.BatchNorm2d | nn.BatchNorm3d):
-            module.reset_running_stats()
-            module.momentum = None  # a cumulative average: one batch gives its exact statistics
-    model.train()(images)
-    return model.eval()
 
 
 class MorphicNet:

@@ -30,15 +30,14 @@ from neumeta_core.config import HyperNetConfig, TargetConfig, TrainConfig
 from neumeta_core.data import Split
 from neumeta_core.export import Graph
 from neumeta_core.hypernet import HyperNetwork
-from neumeta_core.network import Shape, Structure
-from neumeta_core.sampling import MorphicNet, recalibrate
+from neumeta_core.network import Shape, Structure, probe
+from neumeta_core.sampling import MorphicNet
 from neumeta_core.structure import Builder, build_at, derive, load_builder
 
 if TYPE_CHECKING:
     from neumeta_core.checkpoint import Checkpoint
 
 CALIBRATION_BYTES = 3 << 20  # training images kept in a checkpoint whose network has BatchNorm: at most 512, 3 MB
-PROBE = 8  # inputs whose logits at every width the checkpoint keeps: the service verifies its files with them
 
 
 @dataclass(frozen=True)
@@ -71,11 +70,6 @@ class TrainResult:
     calibration: torch.Tensor | None
     labels: list[str]
     metadata: dict[str, Any] = field(default_factory=dict)
-
-
-def probe(input_shape: Shape) -> torch.Tensor:
-    """A fixed input batch in the network's input shape, the same in every process."""
-    return torch.rand(PROBE, *input_shape, generator=torch.Generator().manual_seed(0))
 
 
 def batches(split: Split, batch_size: int, gen: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -349,6 +343,18 @@ def train(
     return TrainResult(
         morph, smoothing.orders, teacher_tensors, teacher_acc, table, reference, calibration, list(split.labels), meta
     )
+
+
+@torch.no_grad()
+def recalibrate(model: nn.Module, images: torch.Tensor) -> nn.Module:
+    """Slimmable networks' BN calibration: every BatchNorm's running statistics set to those of
+    `images` in one batch (exact and deterministic); the model is returned in eval mode."""
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm1d | nn.BatchNorm2d | nn.BatchNorm3d):
+            module.reset_running_stats()
+            module.momentum = None  # a cumulative average: one batch gives its exact statistics
+    model.train()(images)
+    return model.eval()
 
 
 def synthesize(morph: MorphicNet, build: Builder, width: int) -> nn.Module:

@@ -110,7 +110,7 @@ def _sample(args: argparse.Namespace) -> int:
     ckpt = checkpoint.load(args.checkpoint)
     width = _width(args, ckpt)
     spec = files.spec_for(ckpt, width, args.format, args.dtype, samples=args.samples)
-    body = files.build(ckpt, spec, files.probe(ckpt)).body
+    body = files.build(ckpt, spec).body
     Path(args.out).write_bytes(body)
     sha = hashlib.sha256(body).hexdigest()
     print(f"wrote {args.out}: width {width}, {ckpt.morph.param_count(width)} parameters, {len(body)} bytes")

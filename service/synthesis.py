@@ -41,7 +41,7 @@ class Synthesizer:
         self._inflight: dict[str, asyncio.Future[Artifact]] = {}
         self.queries = QueryMemo()  # size-request query strings already resolved (service/hotpath.py)
         self._names = {c.digest: name for name, c in models.items()}
-        self._probes = {name: files.probe(c) for name, c in models.items()}
+        self._probes = {name: c.probe() for name, c in models.items()}
         self._engines = {name: files.engine(c.morph.device) for name, c in models.items()}
 
     # -- validation at the boundary ------------------------------------------------------

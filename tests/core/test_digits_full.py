@@ -6,7 +6,7 @@ import torch
 
 from neumeta_core import baselines, checkpoint, export, files, train
 from neumeta_core.config import HyperNetConfig, TargetConfig, TrainConfig
-from neumeta_core.sampling import recalibrate
+from neumeta_core.train import recalibrate
 
 FULL = TargetConfig(
     model="neumeta_core.builders.digits:digits_full", max_width=8, train_min_width=5, train_stride=1, min_width=2

@@ -19,7 +19,7 @@ from tests.processes import BIN
 
 
 def built(ckpt: checkpoint.Checkpoint, spec: files.FileSpec) -> bytes:
-    return files.build(ckpt, spec, files.probe(ckpt)).body
+    return files.build(ckpt, spec, ckpt.probe()).body
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +67,7 @@ def test_the_engine_and_the_exporter_are_part_of_the_key(bundled, base):
     assert f"{threads + 1} threads" in other.engine and other.digest != spec.digest
     assert replace(spec, exporter="neumeta-export/0").digest != spec.digest
     with pytest.raises(ValueError, match="another checkpoint or engine"):  # never built under a foreign spec
-        files.build(bundled, other, files.probe(bundled))
+        files.build(bundled, other, bundled.probe())
 
 
 def test_the_file_carries_its_spec(bundled, base, tmp_path):
@@ -98,7 +98,7 @@ from neumeta_core import checkpoint, files
 c = checkpoint.load(checkpoint.BUNDLED)
 for fmt, dtype in {FORMATS!r}:
     spec = files.spec_for(c, 20, fmt, dtype)
-    print(spec.digest, hashlib.sha256(files.build(c, spec, files.probe(c)).body).hexdigest())
+    print(spec.digest, hashlib.sha256(files.build(c, spec, c.probe()).body).hexdigest())
 """
 
 
