@@ -25,12 +25,14 @@ setup: $(VENV)/.installed
 run: setup
 	MALLOC_ARENA_MAX=2 $(BIN)/neumeta serve --host $(HOST) --port $(PORT)
 
-# The tests run real redis-server, nginx and headless Chromium: installed from Debian when missing (as root)
+# The tests run real redis-server, nginx and headless Chromium, and read Fashion-MNIST: installed from Debian when
+# missing (as root)
 test-tools:
 	@missing=""; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
 	command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing="$$missing nginx-light"; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	[ -d /usr/share/datasets/fashion-mnist ] || missing="$$missing dataset-fashion-mnist"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "installing$$missing"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \

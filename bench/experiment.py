@@ -57,6 +57,7 @@ def main() -> int:
     parser.add_argument("--checkpoint", type=Path, help="evaluate this earlier run's checkpoint again, no training")
     parser.add_argument("--samples", type=int, help="with --checkpoint: K at inference")
     parser.add_argument("--lattice", action="store_true", default=None, help="with --checkpoint: K on a lattice")
+    parser.add_argument("--notebook", type=Path, default=NOTEBOOK, help=f"default {NOTEBOOK.relative_to(ROOT)}")
     parser.add_argument("flags", nargs=argparse.REMAINDER, help="-- then the flags for neumeta train")
     args = parser.parse_args()
     flags = [f for f in args.flags if f != "--"]
@@ -77,11 +78,11 @@ def main() -> int:
     if acc is not None:
         widths = checkpoint.load(out).target.trained_widths()
         trained = f"{widths[-1]}..{widths[0]} step {widths[0] - widths[1] if len(widths) > 1 else 0}"
-    with NOTEBOOK.open("a") as f:
+    with args.notebook.open("a") as f:
         f.write(row(args.run, args.change, command, acc, seconds, trained))
     record = {"run": args.run, "change": args.change, "flags": flags, "seconds": round(seconds, 1)}
     record["accuracy"] = acc if acc is not None else f"failed, exit status {returncode}"
-    with NOTEBOOK.with_suffix(".jsonl").open("a") as f:
+    with args.notebook.with_suffix(".jsonl").open("a") as f:
         f.write(json.dumps(record) + "\n")
     print(json.dumps(record))
     return returncode

@@ -1,24 +1,40 @@
-"""What a generated network is compared with: an individually trained network of the same width,
-and L1-norm channel pruning of the pretrained network without fine-tuning (notes section 6a).
+"""What a generated network is compared with: an individually trained network of the same width, L1-norm
+channel pruning of the pretrained network without fine-tuning (notes section 6a), and a universally slimmable
+network of the same builder (neumeta_core.slimmable).
 
-Training-side: the individual networks are trained from the checkpoint's builder (target.model)."""
+Training-side: the trained baselines are built from the checkpoint's builder (target.model) with the teacher's
+recipe. Each run is cached the moment it finishes, keyed by (builder source, data, recipe, seed, width or
+range), so an interrupted sweep resumes where it stopped and a rerun with nothing changed trains nothing."""
 
 from __future__ import annotations
 
+import hashlib
+import inspect
+import json
+import multiprocessing
+import os
+import sys
 import time
-from dataclasses import replace
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
-from neumeta_core import export
+from neumeta_core import data, export, slimmable
 from neumeta_core.checkpoint import Checkpoint
+from neumeta_core.config import TargetConfig, TrainConfig
 from neumeta_core.data import Split
 from neumeta_core.errors import InputError
 from neumeta_core.sampling import ratio_for
-from neumeta_core.structure import load_builder
+from neumeta_core.structure import build_at, load_builder
 from neumeta_core.train import accuracy, pretrain
+
+VERSION = 1  # of what a cached run computes: raise it when the training of a baseline changes
+RECIPE = ("seed", "batch_size", "pretrain_epochs", "pretrain_lr", "pretrain_optimizer", "pretrain_weight_decay")
 
 
 def l1_pruned(ckpt: Checkpoint, width: int) -> dict[str, torch.Tensor]:
@@ -59,11 +75,215 @@ def onnx_accuracy(ckpt: Checkpoint, state: dict[str, torch.Tensor], width: int, 
     return export.accuracy(body, split.x_test.numpy(), split.y_test.numpy())
 
 
-def individual(ckpt: Checkpoint, split: Split, width: int, seed: int, progress: bool = True) -> float:
-    """Held-out accuracy of build(width) trained on its own with the teacher's recipe."""
+def individual(
+    ref: str, cfg: TrainConfig, split: Split, width: int, seed: int, progress: bool = True
+) -> dict[str, Any]:
+    """build(width) trained on its own with the teacher's recipe: held-out accuracy (%), seconds, parameters."""
     torch.manual_seed(seed)  # the initial weights too
-    model = pretrain(load_builder(ckpt.target.model), replace(ckpt.train, seed=seed), split, width, progress)
-    return accuracy(model, split.x_test, split.y_test)
+    started = time.perf_counter()
+    model = pretrain(load_builder(ref), replace(cfg, seed=seed), split, width, progress)
+    seconds = time.perf_counter() - started
+    params = sum(p.numel() for p in model.parameters())
+    return {"accuracy": accuracy(model, split.x_test, split.y_test), "seconds": round(seconds, 1), "params": params}
+
+
+def slimmable_run(
+    ref: str, cfg: TrainConfig, split: Split, low: int, high: int, widths: list[int], progress: bool = True
+) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """A universally slimmable build(width) trained on low..high with the teacher's recipe: accuracy (%) at each
+    of `widths`, seconds, and its full-width state."""
+    build = load_builder(ref)
+    started = time.perf_counter()
+    state = slimmable.train(build, cfg, split, low, high, progress)
+    seconds = time.perf_counter() - started
+    acc = slimmable.evaluate(build, state, low, high, widths, split)
+    params = sum(p.numel() for p in build_at(build, high).parameters())
+    return {"accuracy": {str(w): a for w, a in acc.items()}, "seconds": round(seconds, 1), "params": params}, state
+
+
+def source_digest(ref: str) -> str:
+    """sha256 of the source file that defines the builder: a changed network is a different run."""
+    build = load_builder(ref)
+    path = inspect.getsourcefile(build)
+    text = Path(path).read_bytes() if path else inspect.getsource(build).encode()
+    return hashlib.sha256(text).hexdigest()
+
+
+def data_digest(split: Split) -> str:
+    """sha256 over the labels and the images' bytes: the same data set, wherever it was read from."""
+    h = hashlib.sha256()
+    for t in (split.x_train, split.y_train, split.x_test, split.y_test):
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.contiguous().cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+def default_cache() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "neumeta" / "baselines"
+
+
+@dataclass(frozen=True)
+class Runs:
+    """Finished baseline runs, one JSON file each (and a slimmable network's weights beside it), named by the
+    digest of what determines the result."""
+
+    root: Path
+
+    def key(self, kind: str, fields_: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        what = {"kind": kind, "version": VERSION, **fields_}
+        digest = hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:20]
+        return f"{kind}-{digest}", what
+
+    def get(self, name: str) -> dict[str, Any] | None:
+        path = self.root / f"{name}.json"
+        if not path.is_file():
+            return None
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            return None  # a damaged record is a run not yet made
+        return record if isinstance(record, dict) and "result" in record else None
+
+    def put(self, name: str, what: dict[str, Any], result: dict[str, Any]) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        _atomic(self.root / f"{name}.json", (json.dumps({"key": what, "result": result}, indent=1) + "\n").encode())
+
+    def weights(self, name: str) -> Path:
+        return self.root / f"{name}.pt"
+
+
+def _atomic(path: Path, body: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(body)
+    tmp.replace(path)
+
+
+_SPLITS: dict[tuple[str, str | None], Split] = {}
+
+
+def _split(source: tuple[str, str | None]) -> Split:
+    """A worker's data set, read once per process."""
+    if source not in _SPLITS:
+        _SPLITS[source] = data.load(*source)
+    return _SPLITS[source]
+
+
+def _job(kind: str, ref: str, cfg: TrainConfig, source: tuple[str, str | None], args: tuple[Any, ...]) -> Any:
+    """One baseline run in a worker process: one torch thread, data read there."""
+    torch.set_num_threads(1)
+    split = _split(source)
+    result = _execute(kind, ref, cfg, split, args, progress=False)
+    return result if kind == "individual" else (result[0], {k: v.cpu() for k, v in result[1].items()})
+
+
+def _execute(kind: str, ref: str, cfg: TrainConfig, split: Split, args: tuple[Any, ...], progress: bool) -> Any:
+    if kind == "individual":
+        width, seed = args
+        return individual(ref, cfg, split, width, seed, progress=progress)
+    low, high, widths = args
+    return slimmable_run(ref, cfg, split, low, high, widths, progress=progress)
+
+
+@dataclass
+class Plan:
+    """The baseline runs one comparison needs, and what each gave."""
+
+    target: TargetConfig
+    train: TrainConfig  # the teacher's recipe: every baseline trains with it
+    split: Split
+    widths: list[int]
+    seeds: list[int]
+    runs: Runs
+    slimmable: bool = True
+    source: tuple[str, str | None] = ("digits", None)
+    results: dict[str, dict[str, Any]] | None = None
+
+    def __post_init__(self) -> None:
+        t = self.target
+        recipe = {f.name: getattr(self.train, f.name) for f in fields(TrainConfig) if f.name in RECIPE}
+        base = {"builder": t.model, "source": source_digest(t.model), "data": data_digest(self.split)}
+        self.individual = {
+            (w, s): self.runs.key("individual", {**base, **recipe, "seed": s, "width": w})
+            for s in self.seeds  # seed by seed: an interrupted sweep has whole tables
+            for w in self.widths
+        }
+        self.low, self.high = t.train_min_width, t.max_width
+        self.slim = self.runs.key("slimmable", {**base, **recipe, "seed": 0, "low": self.low, "high": self.high})
+
+    def missing(self) -> list[tuple[str, str, dict[str, Any], tuple[Any, ...]]]:
+        todo: list[tuple[str, str, dict[str, Any], tuple[Any, ...]]] = []
+        if self.slimmable and self._slimmable_missing():
+            todo.append(("slimmable", *self.slim, (self.low, self.high, self.widths)))  # the longest: first
+        for (width, seed), (name, what) in self.individual.items():
+            if self.runs.get(name) is None:
+                todo.append(("individual", name, what, (width, seed)))
+        return todo
+
+    def _slimmable_missing(self) -> bool:
+        """No record, or one without some width whose weights are gone too (otherwise: evaluated from them)."""
+        name, what = self.slim
+        record = self.runs.get(name)
+        if record is None:
+            return True
+        absent = [w for w in self.widths if str(w) not in record["result"]["accuracy"]]
+        if not absent:
+            return False
+        path = self.runs.weights(name)
+        if not path.is_file():
+            return True
+        build = load_builder(self.target.model)
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        more = slimmable.evaluate(build, state, self.low, self.high, absent, self.split)
+        record["result"]["accuracy"].update({str(w): a for w, a in more.items()})
+        self.runs.put(name, what, record["result"])
+        return False
+
+    def run(self, jobs: int = 1, progress: bool = True) -> None:
+        """Every missing run, `jobs` at a time in worker processes (1: here), each cached as it finishes."""
+        todo = self.missing()
+        ref, cfg = self.target.model, self.train
+        bar = tqdm(total=len(todo), desc="baseline runs", disable=not progress or not todo, unit="run")
+
+        def finished(kind: str, name: str, what: dict[str, Any], result: Any) -> None:
+            if kind == "slimmable":
+                result, state = result
+                weights = self.runs.weights(name)
+                self.runs.root.mkdir(parents=True, exist_ok=True)
+                torch.save(state, weights.with_name(weights.name + ".tmp"))
+                weights.with_name(weights.name + ".tmp").replace(weights)
+            self.runs.put(name, what, result)
+            bar.update()
+
+        if jobs <= 1:
+            for kind, name, what, args in todo:
+                finished(kind, name, what, _execute(kind, ref, cfg, self.split, args, progress))
+        else:
+            context = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(jobs, mp_context=context) as pool:
+                futures: dict[Future[Any], tuple[str, str, dict[str, Any]]] = {
+                    pool.submit(_job, kind, ref, cfg, self.source, args): (kind, name, what)
+                    for kind, name, what, args in todo
+                }
+                pending = set(futures)
+                while pending:
+                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        finished(*futures[future], future.result())
+        bar.close()
+        print(f"baseline runs: {len(todo)} trained, {self.total() - len(todo)} from {self.runs.root}", file=sys.stderr)
+
+    def total(self) -> int:
+        return len(self.individual) + int(self.slimmable)
+
+    def individual_result(self, width: int, seed: int) -> dict[str, Any]:
+        record = self.runs.get(self.individual[(width, seed)][0])
+        assert record is not None
+        return record["result"]
+
+    def slimmable_result(self) -> dict[str, Any]:
+        record = self.runs.get(self.slim[0])
+        assert record is not None
+        return record["result"]
 
 
 def compare(
@@ -73,11 +293,17 @@ def compare(
     samples: list[int],
     seeds: list[int],
     progress: bool = True,
-) -> list[dict[str, Any]]:
+    runs: Runs | None = None,
+    slim: bool = True,
+    jobs: int = 1,
+    source: tuple[str, str | None] = ("digits", None),
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """One row per width: hypernetwork accuracy per K (and synthesis seconds) of the served ONNX file,
-    individually trained (mean over `seeds`, none: skipped) and L1-pruned accuracy, parameter count, and
-    whether training saw the width."""
+    individually trained (mean over `seeds`, none: skipped), L1-pruned and universally slimmable accuracy,
+    parameter count, and whether training saw the width; and the training seconds of each method."""
     t, morph = ckpt.target, ckpt.morph
+    plan = Plan(t, ckpt.train, split, widths, seeds, runs or Runs(default_cache()), slim, source)
+    plan.run(jobs, progress)
     rows = []
     for width in widths:
         row: dict[str, Any] = {
@@ -99,8 +325,17 @@ def compare(
             except InputError as exc:  # a width axis outside every permutable group: no such baseline
                 row["l1_pruned_unavailable"] = str(exc)
         if seeds:
-            runs = [individual(ckpt, split, width, seed, progress) for seed in seeds]
-            row["individual"] = float(np.mean(runs))
-            row["individual_runs"] = runs
+            results = [plan.individual_result(width, seed) for seed in seeds]
+            row["individual"] = float(np.mean([r["accuracy"] for r in results]))
+            row["individual_runs"] = [r["accuracy"] for r in results]
+            row["individual_seconds"] = float(np.mean([r["seconds"] for r in results]))
+        if plan.slimmable:
+            row["slimmable"] = plan.slimmable_result()["accuracy"][str(width)]
         rows.append(row)
-    return rows
+    times: dict[str, Any] = {"hypernetwork_seconds": ckpt.metadata.get("train_seconds")}
+    if seeds:
+        times["individual_seconds_per_seed"] = sum(r["individual_seconds"] for r in rows)
+    if plan.slimmable:
+        times["slimmable_seconds"] = plan.slimmable_result()["seconds"]
+        times["slimmable_bytes"] = 4 * plan.slimmable_result()["params"]
+    return rows, times

@@ -105,7 +105,8 @@ def _graphs(graphs: dict[int, Graph]) -> dict[str, Any]:
 
 def save(path: str | Path, result: TrainResult, train: TrainConfig) -> str:
     morph = result.morph
-    data = {"name": morph.target.dataset, "input_shape": list(morph.structure.input_shape), "labels": result.labels}
+    shape = list(morph.structure.input_shape)
+    data = {"name": result.dataset or morph.target.dataset, "input_shape": shape, "labels": result.labels}
     payload = {
         "format": FORMAT,
         "target": morph.target.to_dict(),

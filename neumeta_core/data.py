@@ -28,7 +28,7 @@ class Split:
     pad: int = 1  # training augmentation: random translation by up to `pad` pixels ...
     flip: bool = False  # ... and a random horizontal flip
     labels: tuple[str, ...] = tuple(str(d) for d in range(10))  # class names, by label
-    name: str = "digits"
+    name: str = "digits"  # what the data set is called: idx and folder, the directory's name (fashion-mnist)
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -83,16 +83,21 @@ CIFAR_STD = (0.2023, 0.1994, 0.2010)
 
 
 DATASETS = ("digits", "idx", "cifar10", "folder")
+FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist: idx's default directory
 
 
 def load(dataset: str, data_dir: str | Path | None) -> Split:
-    """The data set named (digits | idx | cifar10 | folder); every one but digits is read from `data_dir`."""
+    """The data set named (digits | idx | cifar10 | folder); every one but digits is read from `data_dir` (idx:
+    by default Debian's Fashion-MNIST, where it is installed)."""
     if dataset not in DATASETS:
         raise InputError(f"--dataset must be one of {' | '.join(DATASETS)}, not {dataset!r}")
     if dataset == "digits":
         return digits()
+    if data_dir is None and dataset == "idx" and FASHION_DIR.is_dir():
+        data_dir = FASHION_DIR
     if data_dir is None:
-        raise InputError(f"the {dataset} data set is read from a directory: pass --data-dir")
+        hint = f" (or install Debian's dataset-fashion-mnist for {FASHION_DIR})" if dataset == "idx" else ""
+        raise InputError(f"the {dataset} data set is read from a directory: pass --data-dir{hint}")
     root = Path(data_dir)
     if not root.is_dir():
         raise InputError(f"--data-dir {root}: no such directory")
@@ -176,7 +181,7 @@ def idx(root: Path) -> Split:
     def classes_of(y: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(y.astype(np.int64))
 
-    return Split(pixels(x_tr), classes_of(y_tr), pixels(x_te), classes_of(y_te), pad=2, labels=names, name="idx")
+    return Split(pixels(x_tr), classes_of(y_tr), pixels(x_te), classes_of(y_te), pad=2, labels=names, name=root.name)
 
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".ppm", ".pgm", ".webp", ".tif", ".tiff")
@@ -239,7 +244,7 @@ def folder(root: Path, test_fraction: float = 0.2) -> Split:
             np.arange(len(y)), test_size=test_fraction, random_state=0, stratify=y.numpy()
         )
         x_tr, y_tr, x_te, y_te = x[idx_tr], y[idx_tr], x[idx_te], y[idx_te]
-    return Split(x_tr, y_tr, x_te, y_te, pad=max(1, x_tr.shape[-1] // 16), labels=tuple(names), name="folder")
+    return Split(x_tr, y_tr, x_te, y_te, pad=max(1, x_tr.shape[-1] // 16), labels=tuple(names), name=root.name)
 
 
 def cifar10(directory: str | Path) -> Split:

@@ -100,10 +100,16 @@ def spec_for(
 
 
 def metadata(spec: FileSpec, ckpt: Checkpoint) -> dict[str, str]:
-    """What the file says about itself: the spec whole (`neumeta.spec`) and field by field, and the ratio."""
+    """What the file says about itself: the spec whole (`neumeta.spec`) and field by field, the ratio, and what
+    the network reads and says: the model, its data set, the input it takes and its class labels (JSON)."""
     meta = {f"neumeta.{k}": str(v) for k, v in asdict(spec).items()}
     meta["neumeta.spec"] = spec.canonical
     meta["neumeta.ratio"] = f"{ratio_for(spec.width, ckpt.target.max_width):g}"
+    meta["neumeta.model"] = ckpt.name
+    meta["neumeta.dataset"] = ckpt.data.name
+    shape: list[int | str] = ["batch", *ckpt.data.input_shape]
+    meta["neumeta.input"] = json.dumps({"name": "input", "dtype": "float32", "shape": shape})
+    meta["neumeta.labels"] = json.dumps(list(ckpt.data.labels))
     return meta
 
 

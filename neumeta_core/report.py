@@ -6,7 +6,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-SERIES = {"individual": "individually trained", "l1_pruned": "L1 pruning, no fine-tuning"}
+SERIES = {
+    "individual": "individually trained",
+    "slimmable": "universally slimmable",
+    "l1_pruned": "L1 pruning, no fine-tuning",
+}
 
 
 def _cell(row: dict[str, Any], col: str) -> str:
@@ -49,8 +53,22 @@ def storage(s: dict[str, Any]) -> str:
     return (
         f"Storage: the checkpoint is {s['checkpoint_bytes'] / mb:.2f} MB; the individually trained models of the "
         f"table's widths take {s['individual_models_in_table_bytes'] / mb:.2f} MB, one per served width "
-        f"({lo}..{hi}) {s['individual_models_every_served_width_bytes'] / mb:.2f} MB.\n"
+        f"({lo}..{hi}) {s['individual_models_every_served_width_bytes'] / mb:.2f} MB"
+        + (f"; the slimmable network {s['slimmable_bytes'] / mb:.2f} MB" if "slimmable_bytes" in s else "")
+        + ".\n"
     )
+
+
+def times(t: dict[str, Any]) -> str:
+    """Training wall time of each method on the machine that ran it."""
+    parts = []
+    if t.get("hypernetwork_seconds") is not None:
+        parts.append(f"one hypernetwork (teacher included) {t['hypernetwork_seconds'] / 60:.1f} min")
+    if "individual_seconds_per_seed" in t:
+        parts.append(f"the individual networks of the table, one seed, {t['individual_seconds_per_seed'] / 60:.1f} min")
+    if "slimmable_seconds" in t:
+        parts.append(f"one slimmable network {t['slimmable_seconds'] / 60:.1f} min")
+    return f"Training time: {'; '.join(parts)}.\n" if parts else ""
 
 
 def write(rows: list[dict[str, Any]], directory: Path, name: str, meta: dict[str, Any]) -> list[Path]:
@@ -62,6 +80,8 @@ def write(rows: list[dict[str, Any]], directory: Path, name: str, meta: dict[str
         text += "\n" + total_variation(meta["total_variation"])
     if meta.get("storage"):
         text += "\n" + storage(meta["storage"])
+    if meta.get("times"):
+        text += times(meta["times"])
     paths[1].write_text(text)
     try:
         import matplotlib

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -70,6 +70,7 @@ class TrainResult:
     calibration: torch.Tensor | None
     labels: list[str]
     metadata: dict[str, Any] = field(default_factory=dict)
+    dataset: str = ""  # what the data set is called (Split.name): fashion-mnist, digits, cifar10
 
 
 def batches(split: Split, batch_size: int, gen: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -93,6 +94,15 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk: int = 10
     return 100.0 * correct / len(y)
 
 
+def optimiser(cfg: TrainConfig, params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
+    """The teacher's optimiser: Adam, or SGD with Nesterov momentum 0.9; the same for every baseline."""
+    if cfg.pretrain_optimizer == "sgd":
+        return torch.optim.SGD(
+            params, cfg.pretrain_lr, momentum=0.9, nesterov=True, weight_decay=cfg.pretrain_weight_decay
+        )
+    return torch.optim.Adam(params, lr=cfg.pretrain_lr, weight_decay=cfg.pretrain_weight_decay)
+
+
 def pretrain(build: Builder, cfg: TrainConfig, split: Split, width: int, progress: bool = True) -> nn.Module:
     """Train build(width) with a cosine schedule (in eval mode on return); the same recipe trains the
     individually trained baselines. Runs where `split` lies."""
@@ -100,13 +110,7 @@ def pretrain(build: Builder, cfg: TrainConfig, split: Split, width: int, progres
     model = build_at(build, width).to(device)
     gen = torch.Generator().manual_seed(cfg.seed)
     steps = cfg.pretrain_epochs * max(len(split.y_train) // cfg.batch_size, 1)
-    opt: torch.optim.Optimizer
-    if cfg.pretrain_optimizer == "sgd":
-        opt = torch.optim.SGD(
-            model.parameters(), cfg.pretrain_lr, momentum=0.9, nesterov=True, weight_decay=cfg.pretrain_weight_decay
-        )
-    else:
-        opt = torch.optim.Adam(model.parameters(), lr=cfg.pretrain_lr, weight_decay=cfg.pretrain_weight_decay)
+    opt = optimiser(cfg, model.parameters())
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(steps, 1))
     data = batches(split, cfg.batch_size, gen)
     model.train()
@@ -341,7 +345,16 @@ def train(
     stats = {k: v for k, v in smoothing.state.items() if k in net.structure.statistics}
     teacher_tensors = {**trainer.teacher, **shared_before, **stats}  # what L1 pruning starts from
     return TrainResult(
-        morph, smoothing.orders, teacher_tensors, teacher_acc, table, reference, calibration, list(split.labels), meta
+        morph,
+        smoothing.orders,
+        teacher_tensors,
+        teacher_acc,
+        table,
+        reference,
+        calibration,
+        list(split.labels),
+        meta,
+        split.name,
     )
 
 
@@ -390,9 +403,10 @@ def measure(
 
 
 def evaluation_widths(target: TargetConfig) -> list[int]:
-    """gamma = 0, 0.25, 0.5, 0.75 plus the smallest served width."""
+    """gamma = 0, 0.25, 0.5, 0.75 plus the smallest served width (those of them that are served)."""
     h = target.max_width
-    return sorted({h, round(0.75 * h), round(0.5 * h), round(0.25 * h), target.min_width}, reverse=True)
+    widths = {h, round(0.75 * h), round(0.5 * h), round(0.25 * h), target.min_width}
+    return sorted((w for w in widths if w >= target.min_width), reverse=True)
 
 
 def model_at(ckpt: Checkpoint, width: int) -> nn.Module:

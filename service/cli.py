@@ -143,7 +143,11 @@ def _compare(args: argparse.Namespace) -> int:
     split = data.load(t.dataset, args.data_dir)
     samples = sorted({1, ckpt.morph.samples} | set(args.samples or []))
     seeds = [] if args.no_individual else list(range(args.individual_seeds))
-    rows = baselines.compare(ckpt, split, widths, samples, seeds)
+    runs = baselines.Runs(args.cache or baselines.default_cache())
+    source = (t.dataset, None if args.data_dir is None else str(args.data_dir))
+    rows, times = baselines.compare(
+        ckpt, split, widths, samples, seeds, runs=runs, slim=not args.no_slimmable, jobs=args.jobs, source=source
+    )
     trained = t.trained_widths()
     title = (
         f"{t.name} on {t.dataset}, checkpoint {ckpt.digest[:12]}, "
@@ -156,11 +160,12 @@ def _compare(args: argparse.Namespace) -> int:
         "individual_models_in_table_bytes": 4 * sum(r["params"] for r in rows),
         "individual_models_every_served_width_bytes": 4 * sum(ckpt.morph.param_count(h) for h in served),
         "served_widths": [t.min_width, t.max_width],
+        **({"slimmable_bytes": times.pop("slimmable_bytes")} if "slimmable_bytes" in times else {}),
     }
-    meta = {"checkpoint": ckpt.digest, "title": title, "total_variation": tv, "storage": storage}
+    meta = {"checkpoint": ckpt.digest, "title": title, "total_variation": tv, "storage": storage, "times": times}
     paths = report.write(rows, args.out, "comparison", meta)
     print(report.markdown(rows) + ("\n" + report.total_variation(tv) if tv else ""))
-    print(report.storage(storage))
+    print(report.storage(storage) + report.times(times))
     print("wrote " + ", ".join(str(p) for p in paths))
     return 0
 
@@ -335,6 +340,13 @@ def parser() -> argparse.ArgumentParser:
         "--individual-seeds", type=int, default=3, help="with --baselines: individual nets per width (mean reported)"
     )
     ev.add_argument("--out", type=Path, default=Path("docs/results"), help="with --baselines: output directory")
+    ev.add_argument("--no-slimmable", action="store_true", help="with --baselines: skip the slimmable network")
+    ev.add_argument(
+        "--jobs", type=positive, default=1, help="with --baselines: runs trained at once, one core each (default 1)"
+    )
+    ev.add_argument(
+        "--cache", type=Path, help="with --baselines: where finished runs are kept (default ~/.cache/neumeta/baselines)"
+    )
 
     sv = sub.add_parser("serve", help="run the HTTP service (settings from NEUMETA_* variables)")
     sv.add_argument("--host", default="127.0.0.1")

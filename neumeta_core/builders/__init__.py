@@ -6,7 +6,8 @@ and the service's settings read the names and the bundled files from here.
 - digits_cnn: a fixed stem and classifier around one residual block whose hidden width is h;
 - mlp: 64 pixels -> h -> 10;
 - resnet20: CIFAR ResNet20, the last block's hidden width h (the paper's setting);
-- resnet20_stage3: every block of stage 3 follows h (the whole-network follow-up's setting).
+- resnet20_stage3: every block of stage 3 follows h (the whole-network follow-up's setting);
+- fashion: a Fashion-MNIST CNN in which every layer follows h (the benchmark, docs/results/fashion_mnist).
 """
 
 from __future__ import annotations
@@ -53,6 +54,22 @@ RECIPES: dict[str, Recipe] = {
         },
     ),
 }
+RECIPES["fashion"] = (
+    "neumeta_core.builders.fashion:fashion",
+    "idx",
+    {"train_min_width": 10, "min_width": 6},
+    {"hidden": 128, "centred": True, "sizes": False},
+    {
+        "batch_size": 128,
+        "pretrain_epochs": 15,
+        "warm_steps": 2000,
+        "steps": 8000,
+        "lr": 1e-3,
+        "kd_weight": 0.0,
+        "samples": 4,
+        "quadrature": "lattice",
+    },
+)
 RECIPES["resnet20_stage3"] = ("neumeta_core.builders.resnet:resnet20_stage3", *RECIPES["resnet20"][1:])
 NAMES = tuple(RECIPES)
 DEFAULT = "digits_full"

@@ -1,7 +1,12 @@
+import json
+from dataclasses import replace
+
 import pytest
 import torch
 
-from neumeta_core import baselines, checkpoint
+from neumeta_core import baselines, checkpoint, slimmable
+from neumeta_core.builders.digits import digits_cnn
+from neumeta_core.structure import build_at
 from tests.core.conftest import TINY_TARGET
 
 
@@ -19,17 +24,71 @@ def test_l1_pruning_keeps_the_largest_channels_in_order(tiny):
     assert all(torch.equal(full[k], ckpt.teacher[k]) for k in ckpt.teacher)  # nothing pruned at h_max
 
 
-def test_compare_reports_every_series_per_width(tiny, split):
+def test_compare_reports_every_series_per_width_and_caches_every_run(tiny, split, tmp_path, monkeypatch):
     result, path, _ = tiny
     ckpt = checkpoint.load(path)
-    rows = baselines.compare(ckpt, split, [8, 3], [1, 2], seeds=[0, 1], progress=False)
+    runs = baselines.Runs(tmp_path / "runs")
+    rows, times = baselines.compare(ckpt, split, [8, 3], [1, 2], seeds=[0, 1], progress=False, runs=runs)
     assert [r["width"] for r in rows] == [8, 3]
     assert rows[0]["seen_in_training"] and not rows[1]["seen_in_training"]
     assert rows[0]["params"] == ckpt.morph.param_count(8)
+    series = ("neumeta_k1", "neumeta_k2", "l1_pruned", "individual", "slimmable")
     for r in rows:
-        assert {"neumeta_k1", "neumeta_k2", "l1_pruned", "individual"} <= set(r)
-        assert all(0.0 <= r[c] <= 100.0 for c in ("neumeta_k1", "neumeta_k2", "l1_pruned", "individual"))
+        assert all(0.0 <= r[c] <= 100.0 for c in series)
     assert rows[0]["l1_pruned"] == pytest.approx(result.teacher_accuracy)  # h_max: the teacher, run by onnxruntime
     for r in rows:  # the mean over two individually trained nets, each reproducible from its seed
         assert r["individual"] == pytest.approx(sum(r["individual_runs"]) / 2) and len(r["individual_runs"]) == 2
-    assert baselines.individual(ckpt, split, 3, seed=1, progress=False) == rows[1]["individual_runs"][1]
+    again = baselines.individual(ckpt.target.model, ckpt.train, split, 3, seed=1, progress=False)
+    assert again["accuracy"] == rows[1]["individual_runs"][1]
+    assert times["slimmable_seconds"] > 0 and times["individual_seconds_per_seed"] > 0
+    assert times["slimmable_bytes"] == 4 * sum(p.numel() for p in build_at(digits_cnn, 8).parameters())
+    assert len(list(runs.root.glob("individual-*.json"))) == 4 and len(list(runs.root.glob("slimmable-*.pt"))) == 1
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a cached run was trained again")
+
+    monkeypatch.setattr(baselines, "pretrain", no_training)
+    monkeypatch.setattr(slimmable, "train", no_training)
+    cached, _ = baselines.compare(ckpt, split, [8, 3], [1, 2], seeds=[0, 1], progress=False, runs=runs)
+    assert [{k: v for k, v in r.items() if "seconds" not in k} for r in cached] == [
+        {k: v for k, v in r.items() if "seconds" not in k} for r in rows
+    ]
+    # a width the slimmable run was not evaluated at comes from its stored weights; only the new individual
+    # runs are trained
+    monkeypatch.undo()
+    more, _ = baselines.compare(ckpt, split, [8, 5], [1], seeds=[0], progress=False, runs=runs)
+    assert more[0]["slimmable"] == rows[0]["slimmable"] and more[0]["individual"] == rows[0]["individual_runs"][0]
+    assert len(list(runs.root.glob("individual-*.json"))) == 5
+    record = json.loads(next(runs.root.glob("slimmable-*.json")).read_text())
+    assert set(record["result"]["accuracy"]) == {"8", "3", "5"} and record["key"]["low"] == 4
+
+
+def test_a_run_is_cached_by_what_determines_it(tiny, split, tmp_path):
+    _, path, _ = tiny
+    ckpt = checkpoint.load(path)
+    runs = baselines.Runs(tmp_path)
+    plan = baselines.Plan(ckpt.target, ckpt.train, split, [8], [0], runs)
+    other_recipe = baselines.Plan(ckpt.target, replace(ckpt.train, pretrain_epochs=2), split, [8], [0], runs)
+    assert plan.individual[(8, 0)][0] != other_recipe.individual[(8, 0)][0]
+    assert plan.slim[0] != other_recipe.slim[0]
+    shuffled = baselines.Plan(ckpt.target, ckpt.train, replace(split, y_train=split.y_train.flip(0)), [8], [0], runs)
+    assert plan.individual[(8, 0)][0] != shuffled.individual[(8, 0)][0]
+    assert baselines.Plan(ckpt.target, ckpt.train, split, [8], [0], runs).individual == plan.individual  # stable
+    # the hypernetwork's own settings are not part of a baseline's key
+    other_hypernet = baselines.Plan(ckpt.target, replace(ckpt.train, steps=7, lr=0.5), split, [8], [0], runs)
+    assert other_hypernet.individual == plan.individual and other_hypernet.slim == plan.slim
+
+
+def test_runs_in_worker_processes_equal_runs_here(tiny, split, tmp_path):
+    _, path, _ = tiny
+    ckpt = checkpoint.load(path)
+    runs = baselines.Runs(tmp_path)
+    plan = baselines.Plan(ckpt.target, ckpt.train, split, [8, 5], [0], runs, slimmable=False)
+    plan.run(jobs=2, progress=False)
+    torch.set_num_threads(1)  # as in each worker
+    try:
+        here = baselines.individual(ckpt.target.model, ckpt.train, split, 5, seed=0, progress=False)
+    finally:
+        torch.set_num_threads(2)
+    assert plan.individual_result(5, 0)["accuracy"] == here["accuracy"]
+    assert plan.individual_result(5, 0)["params"] == here["params"]

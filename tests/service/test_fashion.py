@@ -1,0 +1,94 @@
+"""The Fashion-MNIST benchmark's paths, smoke-tested on a tiny subset of the real data set (Debian's
+dataset-fashion-mnist, which `make test` installs): train the `fashion` builder, compare it with its baselines
+(individual, L1, slimmable), serve it and run the downloaded file as a device would (pixels / 255, float32)."""
+
+import json
+import subprocess
+
+import httpx
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from neumeta_core import checkpoint, data, export
+from neumeta_core.builders.fashion import fashion
+from neumeta_core.structure import build_at
+from neumeta_core.train import model_at
+from tests.core.test_data import write_idx
+from tests.service.conftest import BIN, serving
+
+TINY = [
+    *("--pretrain-epochs", "1", "--warm-steps", "10", "--steps", "10", "--hidden", "16", "--samples", "2"),
+    *("--max-width", "8", "--train-min-width", "4", "--min-width", "3", "--batch-size", "32"),
+]
+
+
+def test_the_installed_data_set_is_the_default_for_idx():
+    split = data.load("idx", None)  # no --data-dir: Debian's /usr/share/datasets/fashion-mnist
+    assert split.x_train.shape == (60_000, 1, 28, 28) and split.x_test.shape == (10_000, 1, 28, 28)
+    assert split.labels[0] == "T-shirt/top" and split.labels[9] == "Ankle boot"
+    assert float(split.x_train.min()) == 0.0 and float(split.x_train.max()) == 1.0  # pixels / 255
+    assert np.bincount(split.y_test.numpy()).tolist() == [1000] * 10
+
+
+@pytest.fixture(scope="module")
+def tiny_fashion(tmp_path_factory):
+    """The first 320 training and 160 test images of the real data set, as the four IDX files."""
+    full = data.load("idx", None)
+    root = tmp_path_factory.mktemp("data") / "fashion-mnist"
+    root.mkdir()
+    for part, x, y, n in (("train", full.x_train, full.y_train, 320), ("t10k", full.x_test, full.y_test, 160)):
+        write_idx(root / f"{part}-images-idx3-ubyte", (x[:n, 0] * 255).round().numpy().astype(np.uint8))
+        write_idx(root / f"{part}-labels-idx1-ubyte", y[:n].numpy())
+    return root
+
+
+def test_train_compare_serve_and_run_the_fashion_network(tiny_fashion, tmp_path):
+    out = tmp_path / "fashion.pt"
+    argv = [str(BIN), "train", "--model", "fashion", "--data-dir", str(tiny_fashion), *TINY, "--out", str(out)]
+    train = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+    assert train.returncode == 0, train.stderr
+    ckpt = checkpoint.load(out)
+    assert ckpt.target.dataset == "idx" and ckpt.data.input_shape == (1, 28, 28)
+    assert ckpt.data.labels[0] == "T-shirt/top"
+    assert set(ckpt.generated_tensors()) >= {"conv1.conv.weight", "conv4.conv.weight", "fc.weight", "fc.bias"}
+
+    results, cache = tmp_path / "results", tmp_path / "runs"
+    compare = [str(BIN), "eval", "--checkpoint", str(out), "--data-dir", str(tiny_fashion), "--baselines"]
+    compare += ["--ratios", "0", "0.5", "--widths", "3", "--individual-seeds", "1", "--cache", str(cache)]
+    compare += ["--out", str(results), "--jobs", "2"]
+    first = subprocess.run(compare, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr
+    table = json.loads((results / "comparison.json").read_text())
+    rows = table["rows"]
+    assert [r["width"] for r in rows] == [8, 4, 3]
+    for r in rows:
+        assert all(0 <= r[c] <= 100 for c in ("neumeta_k1", "neumeta_k2", "individual", "slimmable", "l1_pruned"))
+    full = build_at(fashion, 8)  # the slimmable network stores its full-width parameters, BatchNorm unfolded
+    assert table["storage"]["slimmable_bytes"] == 4 * sum(p.numel() for p in full.parameters())
+    assert table["times"]["slimmable_seconds"] > 0
+    assert "universally slimmable" in (results / "comparison.md").read_text()
+    assert "4 trained" in first.stderr  # three individual runs and the slimmable one
+    second = subprocess.run(compare, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0 and "0 trained, 4 from" in second.stderr
+    again = json.loads((results / "comparison.json").read_text())["rows"]
+    assert [(r["individual"], r["slimmable"]) for r in again] == [(r["individual"], r["slimmable"]) for r in rows]
+
+    with serving(NEUMETA_CHECKPOINTS=str(out)) as live:
+        r = httpx.post(f"{live.url}/models", params={"ratio": 0.5}, timeout=120)
+        assert r.status_code == 200, r.text
+        info = httpx.get(f"{live.url}/models", timeout=30).json()[0]
+        below = httpx.post(f"{live.url}/models", params={"width": 2}, timeout=30)
+    assert info["dataset"] == "fashion-mnist" and info["labels"][9] == "Ankle boot"
+    assert info["input"] == {"name": "input", "dtype": "float32", "shape": ["batch", 1, 28, 28]}
+    assert info["widths_allowed"] == {"min": 3, "max": 8, "step": 1}
+    assert below.status_code == 422 and "3" in below.json()["detail"] and "8" in below.json()["detail"]
+    meta = {p.key: p.value for p in onnx.load_from_string(r.content).metadata_props}
+    assert meta["neumeta.dataset"] == "fashion-mnist" and json.loads(meta["neumeta.labels"]) == info["labels"]
+    assert json.loads(meta["neumeta.input"]) == info["input"] and meta["neumeta.model"] == "fashion"
+    x = data.load("idx", tiny_fashion).x_test[:32]  # what a device feeds: pixels / 255
+    got = export.session(r.content).run(["logits"], {"input": x.numpy()})[0]
+    with torch.no_grad():
+        expected = model_at(ckpt, 4)(x).numpy()
+    assert export.relative(got, expected) <= 1e-4
