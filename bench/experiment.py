@@ -74,13 +74,18 @@ def main() -> int:
         returncode = subprocess.run(argv, cwd=ROOT, check=False).returncode
     acc = evaluate(out, args.samples, args.lattice) if returncode == 0 else None
     seconds = time.time() - started
-    trained = "n/a"
+    trained, teacher = "n/a", dict[str, object]()
     if acc is not None:
-        widths = checkpoint.load(out).target.trained_widths()
+        ckpt = checkpoint.load(out)
+        widths = ckpt.target.trained_widths()
         trained = f"{widths[-1]}..{widths[0]} step {widths[0] - widths[1] if len(widths) > 1 else 0}"
+        meta = ckpt.metadata
+        teacher = {"teacher_accuracy": round(meta["teacher_accuracy"], 2), "teacher_cached": meta.get("teacher_cached")}
+        if meta.get("teacher_cached") and not args.checkpoint:
+            seconds += meta["teacher_seconds"]  # the run's whole cost: its teacher was trained by an earlier one
     with args.notebook.open("a") as f:
         f.write(row(args.run, args.change, command, acc, seconds, trained))
-    record = {"run": args.run, "change": args.change, "flags": flags, "seconds": round(seconds, 1)}
+    record = {"run": args.run, "change": args.change, "flags": flags, "seconds": round(seconds, 1), **teacher}
     record["accuracy"] = acc if acc is not None else f"failed, exit status {returncode}"
     with args.notebook.with_suffix(".jsonl").open("a") as f:
         f.write(json.dumps(record) + "\n")

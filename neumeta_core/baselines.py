@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import io
 import json
 import multiprocessing
 import os
+import pickle
 import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -22,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 from tqdm import tqdm
 
 from neumeta_core import data, export, slimmable
@@ -79,12 +82,20 @@ def individual(
     ref: str, cfg: TrainConfig, split: Split, width: int, seed: int, progress: bool = True
 ) -> dict[str, Any]:
     """build(width) trained on its own with the teacher's recipe: held-out accuracy (%), seconds, parameters."""
+    return trained_alone(ref, cfg, split, width, seed, progress)[1]
+
+
+def trained_alone(
+    ref: str, cfg: TrainConfig, split: Split, width: int, seed: int, progress: bool = True
+) -> tuple[nn.Module, dict[str, Any]]:
+    """The individual network itself, with its record."""
     torch.manual_seed(seed)  # the initial weights too
     started = time.perf_counter()
     model = pretrain(load_builder(ref), replace(cfg, seed=seed), split, width, progress)
     seconds = time.perf_counter() - started
     params = sum(p.numel() for p in model.parameters())
-    return {"accuracy": accuracy(model, split.x_test, split.y_test), "seconds": round(seconds, 1), "params": params}
+    acc = accuracy(model, split.x_test, split.y_test)
+    return model, {"accuracy": acc, "seconds": round(seconds, 1), "params": params}
 
 
 def slimmable_run(
@@ -116,6 +127,41 @@ def data_digest(split: Split) -> str:
         h.update(str(tuple(t.shape)).encode())
         h.update(t.contiguous().cpu().numpy().tobytes())
     return h.hexdigest()
+
+
+def identity(target: TargetConfig, cfg: TrainConfig, split: Split) -> dict[str, Any]:
+    """What determines a baseline run besides its seed and width: the builder (its reference and source), the
+    data and the teacher's recipe."""
+    recipe = {f.name: getattr(cfg, f.name) for f in fields(TrainConfig) if f.name in RECIPE}
+    return {"builder": target.model, "source": source_digest(target.model), "data": data_digest(split), **recipe}
+
+
+def teacher(
+    target: TargetConfig, cfg: TrainConfig, split: Split, runs: Runs, progress: bool = True
+) -> tuple[nn.Module, dict[str, Any], bool]:
+    """The pretrained network at h_max, which is the individual baseline at h_max with the training seed (the
+    same builder, recipe, seed and initial weights): loaded when the cache holds its weights, trained and
+    cached otherwise, record and weights both. Returns the network (in eval mode, where `split` lies), its
+    record (accuracy, seconds, parameters) and whether it came from the cache."""
+    width, device = target.max_width, split.y_train.device
+    name, what = runs.key("individual", {**identity(target, cfg, split), "seed": cfg.seed, "width": width})
+    record, path = runs.get(name), runs.weights(name)
+    build = load_builder(target.model)
+    if record is not None and path.is_file():
+        model = build_at(build, width)
+        try:
+            model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        except (OSError, RuntimeError, pickle.UnpicklingError, EOFError):
+            pass  # damaged or from another network: trained again below
+        else:
+            return model.to(device).eval(), record["result"], True
+    model, result = trained_alone(target.model, cfg, split, width, cfg.seed, progress)
+    buffer = io.BytesIO()
+    torch.save({k: v.cpu() for k, v in model.state_dict().items()}, buffer)
+    runs.root.mkdir(parents=True, exist_ok=True)
+    _atomic(path, buffer.getvalue())
+    runs.put(name, what, result)
+    return model, result, False
 
 
 def default_cache() -> Path:
@@ -200,15 +246,14 @@ class Plan:
 
     def __post_init__(self) -> None:
         t = self.target
-        recipe = {f.name: getattr(self.train, f.name) for f in fields(TrainConfig) if f.name in RECIPE}
-        base = {"builder": t.model, "source": source_digest(t.model), "data": data_digest(self.split)}
+        base = identity(t, self.train, self.split)
         self.individual = {
-            (w, s): self.runs.key("individual", {**base, **recipe, "seed": s, "width": w})
+            (w, s): self.runs.key("individual", {**base, "seed": s, "width": w})
             for s in self.seeds  # seed by seed: an interrupted sweep has whole tables
             for w in self.widths
         }
         self.low, self.high = t.train_min_width, t.max_width
-        self.slim = self.runs.key("slimmable", {**base, **recipe, "seed": 0, "low": self.low, "high": self.high})
+        self.slim = self.runs.key("slimmable", {**base, "seed": 0, "low": self.low, "high": self.high})
 
     def missing(self) -> list[tuple[str, str, dict[str, Any], tuple[Any, ...]]]:
         todo: list[tuple[str, str, dict[str, Any], tuple[Any, ...]]] = []

@@ -6,6 +6,7 @@ come from the data. A missing, truncated or mislabelled file is an InputError na
 from __future__ import annotations
 
 import gzip
+import hashlib
 import pickle
 import struct
 from dataclasses import dataclass, replace
@@ -121,6 +122,10 @@ FASHION_LABELS = (
 )
 
 
+# the class names of known idx data sets, by the sha256 of their test labels (one byte each, in file order)
+LABELS = {"3d0e6c6ea990b53b6f8f500a41cac93881d981b315f84578b7d915342ade01e9": FASHION_LABELS}  # Zalando's
+
+
 def read_idx(path: Path, dims: int) -> np.ndarray:
     """One IDX file (gzipped or not): magic 0x0000TTDD (type TT, DD dimensions), DD big-endian u32 sizes,
     then the data. InputError naming the file when its magic, dimensions or length are wrong."""
@@ -152,10 +157,22 @@ def _idx_file(root: Path, stem: str) -> Path:
     raise InputError(f"{root} has no {stem}[.gz]: the idx data set needs the four MNIST-format files")
 
 
+def _idx_labels(root: Path, test_labels: np.ndarray, classes: int) -> tuple[str, ...]:
+    listed = root / "labels.txt"
+    if listed.is_file():
+        names = tuple(line.strip() for line in listed.read_text(errors="replace").splitlines() if line.strip())
+        if len(names) != classes:
+            raise InputError(f"{listed} names {len(names)} classes, but the labels hold {classes} (one name per line)")
+        return names
+    known = LABELS.get(hashlib.sha256(test_labels.astype(np.uint8).tobytes()).hexdigest(), ())
+    return known if len(known) == classes else tuple(map(str, range(classes)))
+
+
 def idx(root: Path) -> Split:
     """MNIST-format files in `root`: train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte
-    and t10k-labels-idx1-ubyte (each may be .gz). Pixels / 255, one channel. Labels are named after
-    Fashion-MNIST's classes when the directory's name says fashion, after the digits otherwise."""
+    and t10k-labels-idx1-ubyte (each may be .gz). Pixels / 255, one channel. The classes are named by
+    labels.txt beside them (one name per line, class 0 first), by LABELS when the test labels are those of a
+    known data set (wherever its files lie), after the digits otherwise."""
     arrays = []
     for part in ("train", "t10k"):
         images_path, labels_path = (
@@ -172,7 +189,7 @@ def idx(root: Path) -> Split:
     for _, labels, path in arrays:
         if labels.min() < 0:
             raise InputError(f"{path} holds a negative label")
-    names = FASHION_LABELS if "fashion" in str(root).lower() and classes == 10 else tuple(map(str, range(classes)))
+    names = _idx_labels(root, arrays[1][1], classes)
     (x_tr, y_tr, _), (x_te, y_te, _) = arrays
 
     def pixels(x: np.ndarray) -> torch.Tensor:

@@ -70,7 +70,7 @@ class TrainResult:
     calibration: torch.Tensor | None
     labels: list[str]
     metadata: dict[str, Any] = field(default_factory=dict)
-    dataset: str = ""  # what the data set is called (Split.name): fashion-mnist, digits, cifar10
+    dataset: str = ""  # what the data set is called (Split.name): digits, cifar10, an idx directory's name
 
 
 def batches(split: Split, batch_size: int, gen: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -297,14 +297,19 @@ def train(
     net: Network | None = None,
     progress: bool = True,
     device: str | torch.device = "cpu",
+    teacher: nn.Module | None = None,
 ) -> TrainResult:
-    """The whole recipe on `device` (a CUDA GPU where there is one); the result's tensors stay there."""
+    """The whole recipe on `device` (a CUDA GPU where there is one); the result's tensors stay there. `teacher`:
+    build(h_max) already pretrained with this recipe and seed (neumeta_core.baselines.teacher caches it)."""
     net = net or network(target, split.input_shape, split.classes)
     torch.manual_seed(cfg.seed)
     started = time.time()
     split = split.to(device)
-    teacher = pretrain(net.build, cfg, split, target.max_width, progress)
+    if teacher is None:
+        teacher = pretrain(net.build, cfg, split, target.max_width, progress)
+    teacher = teacher.to(device).eval()
     teacher_acc = accuracy(teacher, split.x_test, split.y_test)
+    torch.manual_seed(cfg.seed + 1)  # the hypernetwork's initial weights: the same, cached teacher or not
     groups = {"all": net.structure.groups, "hidden": net.structure.hidden_groups(), "none": {}}[cfg.permute]
     smoothing = permute.smooth(dict(teacher.state_dict()), groups)
     trainer = HypernetTrainer(target, hyper, cfg, net, smoothing.state, device)

@@ -14,7 +14,7 @@ import os
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from neumeta_core import names
 from neumeta_core.builders import BUNDLED
@@ -74,9 +74,19 @@ def _train(args: argparse.Namespace) -> int:
         f"{len(net.structure.generated)} tensors generated, {len(net.structure.groups)} channel groups",
         file=sys.stderr,
     )
-    result = train(target, hyper, cfg, split, net, device=device)
+    teacher, note, cached = None, "", False
+    record: dict[str, Any] = {}
+    if not args.no_cache:  # the teacher is the individual baseline at h_max: trained once per recipe and seed
+        from neumeta_core import baselines
+
+        runs = baselines.Runs(args.cache or baselines.default_cache())
+        teacher, record, cached = baselines.teacher(target, cfg, split.to(device), runs)
+        note = f", teacher {'from' if cached else 'trained in'} {record['seconds']} s, cached in {runs.root}"
+    result = train(target, hyper, cfg, split, net, device=device, teacher=teacher)
+    if teacher is not None:
+        result.metadata.update(teacher_seconds=record["seconds"], teacher_cached=cached)
     digest = checkpoint.save(args.out, result, cfg)
-    print(f"teacher accuracy {result.teacher_accuracy:.2f}%  ({result.metadata['train_seconds']} s)")
+    print(f"teacher accuracy {result.teacher_accuracy:.2f}%  ({result.metadata['train_seconds']} s{note})")
     for width, acc in result.accuracy.items():
         print(f"  h={width:3d}  gamma={ratio_for(width, result.morph.target.max_width):.4g}  acc={acc:.2f}%")
     print(f"wrote {args.out}  sha256 {digest}")
@@ -311,6 +321,8 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--train-min-width", type=int, help="smallest width training draws")
     t.add_argument("--fixed-lr", type=float, help="train the tensors not generated too, at this learning rate")
     t.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest for this small model)")
+    t.add_argument("--cache", type=Path, help="where the teacher is kept (default ~/.cache/neumeta/baselines)")
+    t.add_argument("--no-cache", action="store_true", help="train the teacher again and keep nothing")
     t.set_defaults(run=_train)
 
     for name, helptext, run in (("sample", "write one ONNX model", _sample), ("eval", "accuracy table", _eval)):

@@ -1,3 +1,5 @@
+import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -7,6 +9,10 @@ import torch
 from neumeta_core import checkpoint
 from neumeta_core.data import Split, digits
 from tests.processes import RedisServer
+
+# every cache a command keeps (the teacher and baseline runs of neumeta train and eval): this session's own,
+# inherited by the commands the tests start, never the user's
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="neumeta-tests-cache-")
 
 
 @pytest.fixture(scope="session")

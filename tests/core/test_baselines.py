@@ -92,3 +92,31 @@ def test_runs_in_worker_processes_equal_runs_here(tiny, split, tmp_path):
         torch.set_num_threads(2)
     assert plan.individual_result(5, 0)["accuracy"] == here["accuracy"]
     assert plan.individual_result(5, 0)["params"] == here["params"]
+
+
+def test_the_teacher_is_the_individual_run_at_h_max_trained_once(tiny, split, tmp_path, monkeypatch):
+    """neumeta train's teacher and the individual baseline at h_max with the same seed are one run: cached with
+    its weights by the first, found by both afterwards; damaged weights are trained again."""
+    _, path, _ = tiny
+    ckpt = checkpoint.load(path)
+    runs = baselines.Runs(tmp_path)
+    model, record, cached = baselines.teacher(ckpt.target, ckpt.train, split, runs, progress=False)
+    assert not cached and record["params"] == sum(p.numel() for p in model.parameters())
+    plan = baselines.Plan(ckpt.target, ckpt.train, split, [ckpt.target.max_width], [ckpt.train.seed], runs, False)
+    assert plan.missing() == []  # the baseline sweep takes it as its own
+    assert plan.individual_result(ckpt.target.max_width, ckpt.train.seed) == record
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the cached teacher was trained again")
+
+    monkeypatch.setattr(baselines, "pretrain", no_training)
+    again, same, cached = baselines.teacher(ckpt.target, ckpt.train, split, runs, progress=False)
+    assert cached and same == record and not again.training
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values(), strict=True))
+    monkeypatch.undo()
+    weights = next(tmp_path.glob("individual-*.pt"))
+    weights.write_bytes(b"not a torch file")
+    retrained, _, cached = baselines.teacher(ckpt.target, ckpt.train, split, runs, progress=False)
+    assert not cached
+    pairs = zip(model.state_dict().values(), retrained.state_dict().values(), strict=True)
+    assert all(torch.equal(a, b) for a, b in pairs)

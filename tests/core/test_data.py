@@ -65,12 +65,20 @@ def test_idx_reads_the_four_mnist_files(tmp_path, gz):
     root = write_mnist(tmp_path / "fashion-mnist", gz=gz)
     split = load("idx", root)
     assert split.x_train.shape == (30, 1, 28, 28) and split.x_test.shape == (10, 1, 28, 28)
-    assert split.input_shape == (1, 28, 28) and split.classes == 10 and split.labels[9] == "Ankle boot"
+    assert split.input_shape == (1, 28, 28) and split.classes == 10 and split.labels[9] == "9"  # not a known set
     raw = gzip.decompress((root / "train-images-idx3-ubyte.gz").read_bytes()) if gz else None
     raw = raw or (root / "train-images-idx3-ubyte").read_bytes()
     assert split.x_train[2, 0, 3, 4].item() == pytest.approx(raw[16 + 2 * 784 + 3 * 28 + 4] / 255.0)
     assert split.y_test.tolist() == list(range(10))
-    assert load("idx", write_mnist(tmp_path / "digits")).labels[9] == "9"
+    (root / "labels.txt").write_text("".join(f"class {i}\n" for i in range(10)))
+    assert load("idx", root).labels[9] == "class 9"
+
+
+def test_idx_class_names_come_from_labels_txt_and_a_wrong_count_is_refused(tmp_path):
+    root = write_mnist(tmp_path / "mine")
+    (root / "labels.txt").write_text("cat\ndog\n")
+    with pytest.raises(InputError, match=r"labels.txt names 2 classes, but the labels hold 10"):
+        load("idx", root)
 
 
 def _damage(kind, root):

@@ -257,7 +257,8 @@ def test_the_core_names_no_network_of_ours_and_writes_no_graph():
     core = Path(structure.__file__).parent
     sources = {p: p.read_text() for p in core.glob("*.py")}
     for name in NAMES:
-        found = [p.name for p, text in sources.items() if re.search(rf"\b{name}\b", text)]
+        # a word of its own: a data set's name such as fashion-mnist does not name the network fashion
+        found = [p.name for p, text in sources.items() if re.search(rf"(?<![\w-]){name}(?![\w-])", text)]
         assert not found, (name, found)
     writer_ops = ("Conv", "Gemm", "Relu", "MaxPool", "GlobalAveragePool", "Add", "Flatten")
     assert not [op for op in writer_ops if f'make_node("{op}"' in sources[core / "export.py"]]

@@ -41,6 +41,7 @@ def tiny_fashion(tmp_path_factory):
     for part, x, y, n in (("train", full.x_train, full.y_train, 320), ("t10k", full.x_test, full.y_test, 160)):
         write_idx(root / f"{part}-images-idx3-ubyte", (x[:n, 0] * 255).round().numpy().astype(np.uint8))
         write_idx(root / f"{part}-labels-idx1-ubyte", y[:n].numpy())
+    (root / "labels.txt").write_text("\n".join(full.labels) + "\n")  # a subset: its labels are no longer known
     return root
 
 

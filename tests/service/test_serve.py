@@ -204,3 +204,22 @@ def test_a_chunked_body_over_the_limit_is_a_413_over_real_http(server):
     assert r.status_code == 413 and r.json()["error"] == "payload_too_large" and "16384 bytes" in r.json()["detail"]
     small = httpx.post(f"{server}/models", content=iter([b'{"ratio": ', b"0.5}"]), timeout=120)
     assert small.status_code == 200 and small.headers["x-neumeta-width"] == "16"
+
+
+def test_train_keeps_its_teacher_and_a_cached_teacher_gives_the_same_hypernetwork(tmp_path):
+    """The second run takes the teacher from the cache and ends with the same hypernetwork, bit for bit, as the
+    first and as a run that caches nothing."""
+    cache = tmp_path / "cache"
+    tiny = ["train", "--model", "mlp", "--pretrain-epochs", "2", "--warm-steps", "20", "--steps", "20"]
+    outs = []
+    for i, extra in enumerate((["--cache", str(cache)], ["--cache", str(cache)], ["--no-cache"])):
+        outs.append(tmp_path / f"m{i}.pt")
+        done = subprocess.run([str(BIN), *tiny, *extra, "--out", str(outs[-1])], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        assert ("teacher from" in done.stdout) == (i == 1) and ("teacher trained in" in done.stdout) == (i == 0)
+    first, *others = (torch.load(p, weights_only=True) for p in outs)
+    assert [o["metadata"].get("teacher_cached") for o in [first, *others]] == [False, True, None]
+    for other in others:
+        assert first["hypernet_state"].keys() == other["hypernet_state"].keys()
+        assert all(torch.equal(v, other["hypernet_state"][k]) for k, v in first["hypernet_state"].items())
+    assert len(list(cache.glob("individual-*.pt"))) == 1
