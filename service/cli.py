@@ -32,7 +32,7 @@ GRID = (0.0, 0.125, 0.25, 0.375, 0.5, 0.625, 0.75)
 
 
 TARGET_FLAGS = ("dataset", "max_width", "min_width", "train_stride", "train_min_width")
-HYPER_FLAGS = ("hidden", "layers", "frequencies", "centred", "sizes")
+HYPER_FLAGS = ("hidden", "layers", "residual_init", "frequencies", "centred", "sizes")
 TRAIN_FLAGS = (
     "seed", "batch_size", "pretrain_epochs", "warm_steps", "steps", "warm_lr", "lr", "samples", "permute",
     "accumulation", "kd_weight", "fixed_lr", "sandwich", "noise_inverse", "recon_weight", "quadrature",
@@ -300,6 +300,7 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--lr", type=float, help="task-training learning rate")
     t.add_argument("--hidden", type=int, help="hypernetwork MLP width (default: the family's preset)")
     t.add_argument("--layers", type=int, help="hypernetwork MLP depth (linear layers before the output)")
+    t.add_argument("--residual-init", type=float, help="initial scale of each residual branch of the hypernetwork")
     t.add_argument("--frequencies", type=int, help="Fourier bands of the coordinate encoding")
     t.add_argument("--centred", action=argparse.BooleanOptionalAction, help="positions at channel cell centres")
     t.add_argument("--sizes", action=argparse.BooleanOptionalAction, help="layer sizes as hypernetwork inputs")
