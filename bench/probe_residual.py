@@ -26,11 +26,32 @@ from neumeta_core.train import HypernetTrainer, accuracy, network, recalibrate, 
 WIDTHS = (32, 28, 27, 24, 20, 16, 13, 12, 10, 8, 6)
 
 
+def interpolated(
+    teacher: dict[str, torch.Tensor], axes: dict[str, tuple[int, ...]], shapes: dict[str, tuple[int, ...]]
+) -> dict[str, torch.Tensor]:
+    """The teacher at the sizes `shapes`, each width axis sampled at the cell centres of n channels by linear
+    interpolation between the neighbouring teacher channels (identity at n = N; continuous in n); input axes
+    rescaled by N / n as in train.resample."""
+    out = {}
+    for name, tensor in teacher.items():
+        for axis in axes.get(name, ()):
+            n, big = shapes[name][axis], tensor.shape[axis]
+            pos = ((torch.arange(n) + 0.5) * big / n - 0.5).clamp(0, big - 1)
+            lo = pos.floor().long()
+            hi = (lo + 1).clamp(max=big - 1)
+            frac = (pos - lo).to(tensor.dtype).reshape([-1 if d == axis else 1 for d in range(tensor.dim())])
+            mixed = tensor.index_select(axis, lo) * (1 - frac) + tensor.index_select(axis, hi) * frac
+            tensor = mixed * (big / n if axis == 1 else 1.0)
+        out[name] = tensor
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="fashion")
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--cache", default="docs/results/fashion_mnist/runs")
+    parser.add_argument("--base", choices=["nearest", "linear"], default="nearest", help="how the teacher is resampled")
     args = parser.parse_args()
     torch.set_num_threads(1)
     target, hyper, cfg = presets(args.model)
@@ -47,7 +68,9 @@ def main() -> int:
     plain = trainer._generate
 
     def corrected(width: int, noise: bool = True) -> dict[str, torch.Tensor]:
-        base = resample(trainer.teacher, trainer.axes, trainer.structure.shapes(width))
+        base = (resample if args.base == "nearest" else interpolated)(
+            trainer.teacher, trainer.axes, trainer.structure.shapes(width)
+        )
         return {n: base[n] + w for n, w in plain(width, noise).items()}
 
     trainer._generate = corrected  # type: ignore[method-assign]
@@ -64,7 +87,7 @@ def main() -> int:
             model.load_state_dict(state)
             out[h] = accuracy(recalibrate(model, images), split.x_test, split.y_test)
             print(f"h={h:3d} acc={out[h]:.2f}", flush=True)
-    print(json.dumps({"steps": args.steps, "teacher": record["accuracy"], "accuracy": out}))
+    print(json.dumps({"steps": args.steps, "base": args.base, "teacher": record["accuracy"], "accuracy": out}))
     return 0
 
 
