@@ -145,21 +145,17 @@ def teacher(
     record (accuracy, seconds, parameters) and whether it came from the cache."""
     width, device = target.max_width, split.y_train.device
     name, what = runs.key("individual", {**identity(target, cfg, split), "seed": cfg.seed, "width": width})
-    record, path = runs.get(name), runs.weights(name)
-    build = load_builder(target.model)
-    if record is not None and path.is_file():
-        model = build_at(build, width)
+    record = runs.get(name)
+    if record is not None and runs.weights(name).is_file():
+        model = build_at(load_builder(target.model), width)
         try:
-            model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+            model.load_state_dict(runs.load_weights(name))
         except (OSError, RuntimeError, pickle.UnpicklingError, EOFError):
             pass  # damaged or from another network: trained again below
         else:
             return model.to(device).eval(), record["result"], True
     model, result = trained_alone(target.model, cfg, split, width, cfg.seed, progress)
-    buffer = io.BytesIO()
-    torch.save({k: v.cpu() for k, v in model.state_dict().items()}, buffer)
-    runs.root.mkdir(parents=True, exist_ok=True)
-    _atomic(path, buffer.getvalue())
+    runs.put_weights(name, model.state_dict())
     runs.put(name, what, result)
     return model, result, False
 
@@ -196,6 +192,16 @@ class Runs:
 
     def weights(self, name: str) -> Path:
         return self.root / f"{name}.pt"
+
+    def put_weights(self, name: str, state: dict[str, torch.Tensor]) -> None:
+        """A run's network beside its record, written atomically (on the CPU)."""
+        buffer = io.BytesIO()
+        torch.save({k: v.cpu() for k, v in state.items()}, buffer)
+        self.root.mkdir(parents=True, exist_ok=True)
+        _atomic(self.weights(name), buffer.getvalue())
+
+    def load_weights(self, name: str) -> dict[str, torch.Tensor]:
+        return torch.load(self.weights(name), map_location="cpu", weights_only=True)  # type: ignore[no-any-return]
 
 
 def _atomic(path: Path, body: bytes) -> None:
@@ -273,11 +279,10 @@ class Plan:
         absent = [w for w in self.widths if str(w) not in record["result"]["accuracy"]]
         if not absent:
             return False
-        path = self.runs.weights(name)
-        if not path.is_file():
+        if not self.runs.weights(name).is_file():
             return True
         build = load_builder(self.target.model)
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = self.runs.load_weights(name)
         more = slimmable.evaluate(build, state, self.low, self.high, absent, self.split)
         record["result"]["accuracy"].update({str(w): a for w, a in more.items()})
         self.runs.put(name, what, record["result"])
@@ -292,10 +297,7 @@ class Plan:
         def finished(kind: str, name: str, what: dict[str, Any], result: Any) -> None:
             if kind == "slimmable":
                 result, state = result
-                weights = self.runs.weights(name)
-                self.runs.root.mkdir(parents=True, exist_ok=True)
-                torch.save(state, weights.with_name(weights.name + ".tmp"))
-                weights.with_name(weights.name + ".tmp").replace(weights)
+                self.runs.put_weights(name, state)
             self.runs.put(name, what, result)
             bar.update()
 

@@ -80,7 +80,8 @@ def _train(args: argparse.Namespace) -> int:
         from neumeta_core import baselines
 
         runs = baselines.Runs(args.cache or baselines.default_cache())
-        teacher, record, cached = baselines.teacher(target, cfg, split.to(device), runs)
+        split = split.to(device)  # once: train() finds it there
+        teacher, record, cached = baselines.teacher(target, cfg, split, runs)
         note = f", teacher {'from' if cached else 'trained in'} {record['seconds']} s, cached in {runs.root}"
     result = train(target, hyper, cfg, split, net, device=device, teacher=teacher)
     if teacher is not None:
