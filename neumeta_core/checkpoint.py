@@ -151,7 +151,8 @@ def load(path: str | Path = BUNDLED, device: str | torch.device = "cpu") -> Chec
         hyper = HyperNetConfig.from_dict(payload["hypernet"])
         train = TrainConfig.from_dict(payload["train"])
         structure = Structure.from_dict(payload["structure"])
-        hypernet = HyperNetwork(hyper, len(structure.generated), target.max_width)
+        full = list(structure.shapes(target.max_width).values())
+        hypernet = HyperNetwork(hyper, len(structure.generated), target.max_width, full)
         hypernet.load_state_dict(payload["hypernet_state"])
         shared = [Graph(t.numpy().tobytes(), structure.folds) for t in payload["graphs"]["templates"]]
         graphs = {int(w): shared[i] for w, i in payload["graphs"]["width"].items()}

@@ -66,6 +66,9 @@ class HyperNetConfig(_Serialisable):
     residual_init: float = 0.1
     centred: bool = False  # positions (o + 0.5) / S0 and (i + 0.5) / S1: cell centres, the same for every width
     sizes: bool = True  # the layer sizes S0/N, S1/N as inputs; False: one function of position for all widths
+    # a learned full-width tensor per generated tensor, area-resampled to each width, which the MLPs correct
+    # (hypernet.resampled; docs/results/fashion_mnist/notebook.md, G rows)
+    grid: bool = False
 
 
 @dataclass(frozen=True)
@@ -96,6 +99,10 @@ class TrainConfig(_Serialisable):
     # where the K sets lie: "random" (one clean, K - 1 with noise from a fixed seed, as released) or
     # "lattice" (a rank-1 lattice over each weight's noise cell: a deterministic quadrature)
     quadrature: Literal["random", "lattice"] = "random"
+    # > 0: the task phase is the universally slimmable recipe for this many epochs (every batch at h_max, the
+    # smallest trained width and two random trained widths; the others learn h_max's detached predictions)
+    # instead of `steps` steps at one random width
+    slim_epochs: float = 0.0
     fixed_lr: float = 0.0  # > 0: the tensors not generated are trained too, shared by all widths (follow-up: 7e-5)
 
 

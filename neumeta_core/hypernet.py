@@ -45,13 +45,29 @@ class ResidualMLP(nn.Module):
 
 
 class HyperNetwork(nn.Module):
-    """One residual MLP per generated tensor, routed by the clean tensor index."""
+    """One residual MLP per generated tensor, routed by the clean tensor index; with `cfg.grid`, plus a learned
+    tensor per generated tensor at its full-width shape (`full_shapes`), resampled to each width (`resampled`)."""
 
-    def __init__(self, cfg: HyperNetConfig, num_tensors: int, norm: int) -> None:
+    def __init__(
+        self, cfg: HyperNetConfig, num_tensors: int, norm: int, full_shapes: Sequence[Shape] | None = None
+    ) -> None:
         super().__init__()
         self.cfg = cfg
         self.norm = norm
         self.mlps = nn.ModuleList(ResidualMLP(encoded_dim(cfg.frequencies), cfg) for _ in range(num_tensors))
+        self.grids = nn.ParameterList()
+        if cfg.grid:
+            if full_shapes is None or len(full_shapes) != num_tensors:
+                raise ValueError(f"a grid hypernetwork needs the full-width shapes of its {num_tensors} tensors")
+            self.grids.extend(nn.Parameter(torch.zeros(shape)) for shape in full_shapes)
+
+    def base(self, t: int, shape: Shape) -> torch.Tensor | None:
+        """Tensor `t`'s grid resampled to `shape` (None without a grid)."""
+        return resampled(self.grids[t], shape) if self.cfg.grid else None
+
+    def _plus_base(self, tensor: torch.Tensor, t: int) -> torch.Tensor:
+        base = self.base(t, tuple(tensor.shape))
+        return tensor if base is None else tensor + base
 
     def forward(
         self,
@@ -73,7 +89,7 @@ class HyperNetwork(nn.Module):
         out = []
         for t in range(len(shapes)) if tensors is None else tensors:
             x = self.encode(shapes, t, samples, noise, generator, lattice)
-            out.append(self.assemble(self.mlps[t](x), shapes[t], samples))
+            out.append(self._plus_base(self.assemble(self.mlps[t](x), shapes[t], samples), t))
         return out
 
     def _check(self, shapes: Sequence[Shape]) -> None:
@@ -169,7 +185,7 @@ class HyperNetwork(nn.Module):
                 y = self._grouped_mlp(members, x, weights).float()
                 for g, t in enumerate(members):
                     out[t] = self.assemble(y[g], shapes[t], samples)
-        return [t for t in out if t is not None]
+        return [self._plus_base(tensor, t) for t, tensor in enumerate(out) if tensor is not None]  # float32
 
     @torch.no_grad()
     def inputs(
@@ -222,6 +238,33 @@ class HyperNetwork(nn.Module):
         per_query = 2 * (p * h + (self.cfg.layers - 1) * h * h + h * o)
         queries = sum(shape[0] * (shape[1] if len(shape) > 1 else 1) for shape in shapes)
         return per_query * queries * samples
+
+
+def area(n: int, big: int) -> torch.Tensor:
+    """(n, big) resampling matrix: row j holds the fraction of cell j of n equal cells of [0, 1) that each of `big`
+    equal cells covers, so that each row sums to 1 (the identity at n = big)."""
+    edges_n = torch.arange(n + 1, dtype=torch.float64) / n
+    edges_b = torch.arange(big + 1, dtype=torch.float64) / big
+    lo = torch.maximum(edges_n[:-1, None], edges_b[None, :-1])
+    hi = torch.minimum(edges_n[1:, None], edges_b[None, 1:])
+    return ((hi - lo).clamp_min(0) * n).float()
+
+
+def resampled(tensor: torch.Tensor, shape: Shape) -> torch.Tensor:
+    """`tensor` at `shape` by area averaging along every axis whose size differs: each of the n channels is the
+    mean of the channels its cell of [0, 1) covers, a piecewise-constant weight function integrated over the cell
+    (continuous in n); along axis 1 (a fan-in) times big / n, so the sum over inputs keeps its size."""
+    if len(shape) != tensor.dim():
+        raise ValueError(f"cannot resample a tensor of shape {tuple(tensor.shape)} to {tuple(shape)}")
+    for axis, n in enumerate(shape):
+        big = tensor.shape[axis]
+        if n == big:
+            continue
+        mix = area(n, big).to(tensor.device, tensor.dtype)
+        tensor = torch.movedim(torch.tensordot(mix, torch.movedim(tensor, axis, 0), dims=1), 0, axis)
+        if axis == 1:
+            tensor = tensor * (big / n)
+    return tensor
 
 
 def lattice_points(k: int) -> torch.Tensor:

@@ -17,7 +17,7 @@ import random
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
@@ -29,7 +29,7 @@ from neumeta_core import permute
 from neumeta_core.config import HyperNetConfig, TargetConfig, TrainConfig
 from neumeta_core.data import Split
 from neumeta_core.export import Graph
-from neumeta_core.hypernet import HyperNetwork
+from neumeta_core.hypernet import HyperNetwork, ResidualMLP
 from neumeta_core.network import Shape, Structure, probe
 from neumeta_core.sampling import MorphicNet
 from neumeta_core.structure import Builder, build_at, derive, load_builder
@@ -185,7 +185,15 @@ class HypernetTrainer:
         trained = {k for k in rest if k in params and cfg.fixed_lr > 0}
         self.shared = nn.ParameterDict({k.replace(".", "/"): nn.Parameter(rest[k].clone()) for k in trained})
         self.fixed = {k: v for k, v in rest.items() if k not in trained}
-        self.hypernet = HyperNetwork(hyper, len(self.names), target.max_width).to(self.device)
+        full = list(self.structure.shapes(target.max_width).values())
+        self.hypernet = HyperNetwork(hyper, len(self.names), target.max_width, full).to(self.device)
+        if hyper.grid:  # the grid starts as the smoothed teacher, the MLPs' correction at zero
+            with torch.no_grad():
+                for grid, name in zip(self.hypernet.grids, self.names, strict=True):
+                    grid.copy_(self.teacher[name])
+                for mlp in self.hypernet.mlps:
+                    nn.init.zeros_(cast(ResidualMLP, mlp).out.weight)
+                    nn.init.zeros_(cast(ResidualMLP, mlp).out.bias)
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.rng = random.Random(cfg.seed)
         self.models = {h: build_at(net.build, h).to(self.device) for h in self.widths}
@@ -283,6 +291,43 @@ class HypernetTrainer:
             bar.set_postfix(loss=f"{loss.item():.3f}", h=width, refresh=False)
         return ema
 
+    def slim(self, split: Split, progress: bool) -> AveragedModel:
+        """The universally slimmable recipe for `slim_epochs` epochs: every batch at h_max (cross-entropy), at the
+        smallest trained width and at two random trained widths (cross-entropy against h_max's detached
+        predictions: in-place distillation), one optimiser step for the four; AdamW, cosine schedule, EMA. The
+        grids are not decayed."""
+        cfg, high = self.cfg, self.target.max_width
+        grids = set(map(id, self.hypernet.grids.parameters()))
+        rest = [p for p in self.hypernet.parameters() if id(p) not in grids]
+        opt = torch.optim.AdamW(
+            [
+                {"params": list(self.hypernet.grids.parameters()), "weight_decay": 0.0},
+                {"params": rest, "weight_decay": cfg.weight_decay},
+            ],
+            lr=cfg.lr,
+        )
+        steps = max(1, round(cfg.slim_epochs * max(len(split.y_train) // cfg.batch_size, 1)))
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+        ema = AveragedModel(self.hypernet, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay))
+        data = batches(split, cfg.batch_size, self.gen)
+        bar = tqdm(range(steps), desc="hypernet (sandwich)", disable=not progress, mininterval=1.0)
+        for _ in bar:
+            x, y = next(data)
+            opt.zero_grad()
+            logits = functional_call(self.models[high], self._state(self._generate(high), high), (x,))
+            loss = nn.functional.cross_entropy(logits, y)
+            loss.backward()
+            soft = nn.functional.softmax(logits.detach(), dim=1)
+            for width in (min(self.widths), self.rng.choice(self.widths), self.rng.choice(self.widths)):
+                out = functional_call(self.models[width], self._state(self._generate(width), width), (x,))
+                (-(soft * nn.functional.log_softmax(out, dim=1)).sum(dim=1).mean()).backward()
+            nn.utils.clip_grad_value_(self.hypernet.parameters(), cfg.grad_clip)
+            opt.step()
+            sched.step()
+            ema.update_parameters(self.hypernet)
+            bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+        return ema
+
     def final_fixed(self) -> dict[str, torch.Tensor]:
         """The non-generated tensors every synthesised network gets, trained ones included."""
         shared = {k.replace("/", "."): v.detach().clone() for k, v in self.shared.items()}
@@ -314,7 +359,7 @@ def train(
     smoothing = permute.smooth(dict(teacher.state_dict()), groups)
     trainer = HypernetTrainer(target, hyper, cfg, net, smoothing.state, device)
     warm_loss = trainer.warm_start(progress)
-    ema = trainer.task(split, progress)
+    ema = trainer.slim(split, progress) if cfg.slim_epochs > 0 else trainer.task(split, progress)
     trainer.hypernet.load_state_dict(ema.module.state_dict())
     calibration = None
     if net.structure.statistics:

@@ -32,10 +32,10 @@ GRID = (0.0, 0.125, 0.25, 0.375, 0.5, 0.625, 0.75)
 
 
 TARGET_FLAGS = ("dataset", "max_width", "min_width", "train_stride", "train_min_width")
-HYPER_FLAGS = ("hidden", "layers", "residual_init", "frequencies", "centred", "sizes")
+HYPER_FLAGS = ("hidden", "layers", "residual_init", "frequencies", "centred", "sizes", "grid")
 TRAIN_FLAGS = (
     "seed", "batch_size", "pretrain_epochs", "warm_steps", "steps", "warm_lr", "lr", "samples", "permute",
-    "accumulation", "kd_weight", "fixed_lr", "sandwich", "noise_inverse", "recon_weight", "quadrature",
+    "accumulation", "kd_weight", "fixed_lr", "sandwich", "noise_inverse", "recon_weight", "quadrature", "slim_epochs",
 )  # fmt: skip
 
 
@@ -305,6 +305,14 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--frequencies", type=int, help="Fourier bands of the coordinate encoding")
     t.add_argument("--centred", action=argparse.BooleanOptionalAction, help="positions at channel cell centres")
     t.add_argument("--sizes", action=argparse.BooleanOptionalAction, help="layer sizes as hypernetwork inputs")
+    t.add_argument(
+        "--grid",
+        action=argparse.BooleanOptionalAction,
+        help="a learned full-width tensor per layer, area-resampled to each width, that the MLPs correct",
+    )
+    t.add_argument(
+        "--slim-epochs", type=float, help="> 0: task phase by the sandwich rule with in-place distillation, epochs"
+    )
     t.add_argument("--noise", type=float, help="coordinate noise width (1.0 = +-0.5; 0 = none)")
     t.add_argument(
         "--noise-inverse", action=argparse.BooleanOptionalAction, help="training noise shrinks as 1/h above h_min"

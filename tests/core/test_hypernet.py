@@ -114,3 +114,47 @@ def test_cuda_synthesis_matches_cpu_and_never_waits_for_the_device():
             on_gpu.morph.hypernet.synthesize(shapes, precision="tf32")
     finally:
         set_precision("float32")
+
+
+def test_area_resampling_keeps_means_and_fan_in_sums_and_is_the_identity_at_full_width():
+    from neumeta_core.hypernet import area, resampled
+
+    for n, big in ((3, 8), (5, 5), (7, 32), (8, 32)):
+        mix = area(n, big)
+        assert torch.allclose(mix.sum(dim=1), torch.ones(n))  # each channel is a mean of the cells it covers
+        assert torch.allclose(mix.sum(dim=0), torch.full((big,), n / big))  # every full-width cell counted once
+    torch.manual_seed(0)
+    w = torch.randn(8, 6, 3, 3)
+    assert torch.equal(resampled(w, (8, 6, 3, 3)), w)
+    x = torch.randn(3)  # an input constant over each pair of input channels: the sum over inputs is kept
+    fine = w.sum(dim=(2, 3)) @ x.repeat_interleave(2)
+    assert torch.allclose(fine, resampled(w, (8, 3, 3, 3)).sum(dim=(2, 3)) @ x, atol=1e-5)
+    out = resampled(w, (4, 6, 3, 3))  # output channels: the mean of each pair
+    assert torch.allclose(out, w.reshape(4, 2, 6, 3, 3).mean(dim=1), atol=1e-6)
+    with pytest.raises(ValueError, match="cannot resample"):
+        resampled(w, (4, 6))
+
+
+def test_a_grid_hypernetwork_adds_the_resampled_grid_in_forward_and_in_synthesis():
+    from neumeta_core.hypernet import resampled
+
+    cfg = HyperNetConfig(hidden=16, layers=2, frequencies=2, grid=True)
+    full = [(6, 4, 3, 3), (6,), (4, 6, 3, 3), (4,)]
+    with pytest.raises(ValueError, match="full-width shapes"):
+        HyperNetwork(cfg, len(full), norm=6)
+    torch.manual_seed(0)
+    net = HyperNetwork(cfg, len(full), norm=6, full_shapes=full)
+    plain = HyperNetwork(HyperNetConfig(hidden=16, layers=2, frequencies=2), len(full), norm=6)
+    plain.load_state_dict({k: v for k, v in net.state_dict().items() if not k.startswith("grids.")})
+    with torch.no_grad():
+        for grid in net.grids:
+            grid.normal_()
+        shapes = [(3, 4, 3, 3), (3,), (4, 3, 3, 3), (4,)]
+        loop = net(shapes)
+        grouped = net.synthesize(shapes)
+        mlp_only = plain(shapes)
+    for t, shape in enumerate(shapes):
+        expected = mlp_only[t] + resampled(net.grids[t], shape)
+        assert torch.allclose(loop[t], expected, atol=1e-6)
+        assert torch.allclose(grouped[t], expected, atol=1e-6)
+    assert not torch.allclose(loop[0], mlp_only[0])

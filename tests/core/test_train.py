@@ -87,3 +87,28 @@ def test_kd_and_accumulation_train_end_to_end(split):
     result = train.train(TINY_TARGET, TINY_NET, cfg, split, progress=False)
     assert set(result.accuracy) == set(train.evaluation_widths(TINY_TARGET))
     assert all(torch.isfinite(p).all() for p in result.morph.hypernet.parameters())
+
+
+def test_a_grid_hypernetwork_starts_at_the_teacher_and_the_sandwich_phase_trains_every_width(split, tmp_path):
+    from dataclasses import replace
+
+    torch.manual_seed(0)
+    net = _net()
+    teacher = net.build(TINY_TARGET.max_width).state_dict()
+    hyper = replace(TINY_NET, grid=True)
+    trainer = train.HypernetTrainer(TINY_TARGET, hyper, TrainConfig(), net, teacher)
+    with torch.no_grad():
+        start = trainer._generate(TINY_TARGET.max_width, noise=True)
+    assert all(torch.equal(start[n], teacher[n]) for n in start)  # the grid is the teacher, the correction zero
+    cfg = replace(TINY_TRAIN, warm_steps=0, slim_epochs=0.5)
+    result = train.train(TINY_TARGET, hyper, cfg, split, progress=False)
+    grids = [g.detach() for g in result.morph.hypernet.grids]
+    assert len(grids) == len(result.morph.structure.generated)
+    assert any(float(m.out.weight.abs().sum()) > 0 for m in result.morph.hypernet.mlps)  # the correction learned
+    path = tmp_path / "grid.pt"
+    checkpoint.save(path, result, cfg)
+    loaded = checkpoint.load(path)
+    assert loaded.hypernet.grid and loaded.train.slim_epochs == 0.5
+    for width in (2, 5, 8):  # below, between and at the trained widths: the same weights after a round trip
+        a, b = result.morph.state_dict(width), loaded.morph.state_dict(width)
+        assert all(torch.equal(a[k], b[k]) for k in a)
