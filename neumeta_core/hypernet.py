@@ -61,12 +61,16 @@ class HyperNetwork(nn.Module):
                 raise ValueError(f"a grid hypernetwork needs the full-width shapes of its {num_tensors} tensors")
             self.grids.extend(nn.Parameter(torch.zeros(shape)) for shape in full_shapes)
 
-    def base(self, t: int, shape: Shape) -> torch.Tensor | None:
-        """Tensor `t`'s grid resampled to `shape` (None without a grid)."""
-        return resampled(self.grids[t], shape) if self.cfg.grid else None
+    def base(
+        self, t: int, shape: Shape, jitter: float = 0.0, generator: torch.Generator | None = None
+    ) -> torch.Tensor | None:
+        """Tensor `t`'s grid resampled to `shape` (None without a grid), its cells jittered by `jitter`."""
+        return resampled(self.grids[t], shape, jitter, generator) if self.cfg.grid else None
 
-    def _plus_base(self, tensor: torch.Tensor, t: int) -> torch.Tensor:
-        base = self.base(t, tuple(tensor.shape))
+    def _plus_base(
+        self, tensor: torch.Tensor, t: int, jitter: float = 0.0, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        base = self.base(t, tuple(tensor.shape), jitter, generator)
         return tensor if base is None else tensor + base
 
     def forward(
@@ -89,7 +93,9 @@ class HyperNetwork(nn.Module):
         out = []
         for t in range(len(shapes)) if tensors is None else tensors:
             x = self.encode(shapes, t, samples, noise, generator, lattice)
-            out.append(self._plus_base(self.assemble(self.mlps[t](x), shapes[t], samples), t))
+            # one jittered set of cells in training (samples = 1 with noise); served weights use the exact cells
+            jitter = noise if samples == 1 else 0.0
+            out.append(self._plus_base(self.assemble(self.mlps[t](x), shapes[t], samples), t, jitter, generator))
         return out
 
     def _check(self, shapes: Sequence[Shape]) -> None:
@@ -240,30 +246,45 @@ class HyperNetwork(nn.Module):
         return per_query * queries * samples
 
 
-def area(n: int, big: int) -> torch.Tensor:
-    """(n, big) resampling matrix: row j holds the fraction of cell j of n equal cells of [0, 1) that each of `big`
-    equal cells covers, so that each row sums to 1 (the identity at n = big)."""
-    edges_n = torch.arange(n + 1, dtype=torch.float64) / n
+def area(n: int, big: int, edges: torch.Tensor | None = None) -> torch.Tensor:
+    """(n, big) resampling matrix: row j holds the fraction of cell j of [0, 1) that each of `big` equal cells
+    covers, so that each row sums to 1 (the identity at n = big). Cells: n equal ones, or those between `edges`
+    (n + 1 increasing values from 0 to 1)."""
+    edges_n = torch.arange(n + 1, dtype=torch.float64) / n if edges is None else edges.double()
     edges_b = torch.arange(big + 1, dtype=torch.float64) / big
     lo = torch.maximum(edges_n[:-1, None], edges_b[None, :-1])
     hi = torch.minimum(edges_n[1:, None], edges_b[None, 1:])
-    return ((hi - lo).clamp_min(0) * n).float()
+    return ((hi - lo).clamp_min(0) / (edges_n[1:] - edges_n[:-1]).clamp_min(1e-12)[:, None]).float()
 
 
-def resampled(tensor: torch.Tensor, shape: Shape) -> torch.Tensor:
+def jittered_edges(n: int, jitter: float, generator: torch.Generator | None) -> torch.Tensor:
+    """The n + 1 edges of n cells of [0, 1), the inner ones moved by uniform noise of width `jitter` cells (1.0:
+    +-half a cell, the coordinate noise of NeuMeta applied to where each channel's cell lies), still increasing."""
+    edges = torch.arange(n + 1, dtype=torch.float64) / n
+    noise = (torch.rand(n - 1, generator=generator, dtype=torch.float64) - 0.5) * min(jitter, 1.0) / n
+    edges[1:-1] += noise
+    return edges
+
+
+def resampled(
+    tensor: torch.Tensor, shape: Shape, jitter: float = 0.0, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """`tensor` at `shape` by area averaging along every axis whose size differs: each of the n channels is the
     mean of the channels its cell of [0, 1) covers, a piecewise-constant weight function integrated over the cell
-    (continuous in n); along axis 1 (a fan-in) times big / n, so the sum over inputs keeps its size."""
+    (continuous in n); along axis 1 (a fan-in) times the cell's share of the big axis, so the sum over inputs keeps
+    its size. `jitter` > 0 (training): the cells' inner edges moved at random (`jittered_edges`)."""
     if len(shape) != tensor.dim():
         raise ValueError(f"cannot resample a tensor of shape {tuple(tensor.shape)} to {tuple(shape)}")
     for axis, n in enumerate(shape):
         big = tensor.shape[axis]
         if n == big:
             continue
-        mix = area(n, big).to(tensor.device, tensor.dtype)
-        tensor = torch.movedim(torch.tensordot(mix, torch.movedim(tensor, axis, 0), dims=1), 0, axis)
+        edges = jittered_edges(n, jitter, generator) if jitter > 0 else torch.arange(n + 1, dtype=torch.float64) / n
+        mix = area(n, big, edges)
         if axis == 1:
-            tensor = tensor * (big / n)
+            mix = mix * ((edges[1:] - edges[:-1]) * big).float()[:, None]
+        mix = mix.to(tensor.device, tensor.dtype)
+        tensor = torch.movedim(torch.tensordot(mix, torch.movedim(tensor, axis, 0), dims=1), 0, axis)
     return tensor
 
 

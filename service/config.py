@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from neumeta_core.builders import BUNDLED
+from neumeta_core.builders import SERVED
 
 PREFIX = "NEUMETA_"
 REDIS_SCHEMES = ("redis", "rediss", "unix")
@@ -25,7 +25,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=PREFIX, frozen=True)
 
     checkpoints: Annotated[tuple[Path, ...], NoDecode] = Field(
-        (BUNDLED,), description="comma-separated checkpoint paths; the first is the default model"
+        SERVED, description="comma-separated checkpoint paths; the first is the default model"
     )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when available, else CPU")
     precision: Literal["float32", "tf32", "bfloat16"] = Field(

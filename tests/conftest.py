@@ -13,6 +13,8 @@ from tests.processes import RedisServer
 # every cache a command keeps (the teacher and baseline runs of neumeta train and eval): this session's own,
 # inherited by the commands the tests start, never the user's
 os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="neumeta-tests-cache-")
+# the service the tests start serves the digits bundle (small, fast, its figures known) unless a test says otherwise
+os.environ.setdefault("NEUMETA_CHECKPOINTS", str(checkpoint.BUNDLED))
 
 
 @pytest.fixture(scope="session")

@@ -135,6 +135,25 @@ def test_area_resampling_keeps_means_and_fan_in_sums_and_is_the_identity_at_full
         resampled(w, (4, 6))
 
 
+def test_jittered_cells_move_the_inner_edges_by_at_most_half_a_cell_and_keep_every_sum():
+    from neumeta_core.hypernet import area, jittered_edges, resampled
+
+    gen = torch.Generator().manual_seed(0)
+    for n in (3, 7, 13):
+        edges = jittered_edges(n, 1.0, gen)
+        exact = torch.arange(n + 1, dtype=torch.float64) / n
+        assert edges[0] == 0 and edges[-1] == 1 and bool((edges[1:] > edges[:-1]).all())
+        assert float((edges - exact).abs().max()) <= 0.5 / n and not torch.equal(edges, exact)
+        mix = area(n, 32, edges)
+        assert torch.allclose(mix.sum(dim=1), torch.ones(n))  # still means of what each cell covers
+    w = torch.randn(6, 32)  # (out, in): a constant input keeps its fan-in sum whatever the cells
+    a = resampled(w, (6, 13), 1.0, torch.Generator().manual_seed(1))
+    b = resampled(w, (6, 13), 1.0, torch.Generator().manual_seed(2))
+    assert not torch.allclose(a, b)
+    for moved in (a, b):
+        assert torch.allclose(moved.sum(dim=1), w.sum(dim=1), atol=1e-4)
+
+
 def test_a_grid_hypernetwork_adds_the_resampled_grid_in_forward_and_in_synthesis():
     from neumeta_core.hypernet import resampled
 

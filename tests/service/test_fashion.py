@@ -19,7 +19,8 @@ from tests.core.test_data import write_idx
 from tests.service.conftest import BIN, serving
 
 TINY = [
-    *("--pretrain-epochs", "1", "--warm-steps", "10", "--steps", "10", "--hidden", "16", "--samples", "2"),
+    *("--pretrain-epochs", "1", "--warm-steps", "10", "--steps", "10", "--slim-epochs", "1"),
+    *("--hidden", "16", "--samples", "2"),
     *("--max-width", "8", "--train-min-width", "4", "--min-width", "3", "--batch-size", "32"),
 ]
 
