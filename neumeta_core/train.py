@@ -191,9 +191,9 @@ class HypernetTrainer:
             with torch.no_grad():
                 for grid, name in zip(self.hypernet.grids, self.names, strict=True):
                     grid.copy_(self.teacher[name])
-                for mlp in self.hypernet.mlps:
-                    nn.init.zeros_(cast(ResidualMLP, mlp).out.weight)
-                    nn.init.zeros_(cast(ResidualMLP, mlp).out.bias)
+                for module in self.hypernet.mlps:
+                    nn.init.zeros_(cast(ResidualMLP, module).out.weight)
+                    nn.init.zeros_(cast(ResidualMLP, module).out.bias)
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.rng = random.Random(cfg.seed)
         self.models = {h: build_at(net.build, h).to(self.device) for h in self.widths}
