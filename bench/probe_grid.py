@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from neumeta_core import baselines, data, permute
 from neumeta_core.config import presets
+from neumeta_core.hypernet import resampled
 from neumeta_core.slimmable import shape_rules, soft_cross_entropy
 from neumeta_core.structure import build_at
 from neumeta_core.train import HypernetTrainer, accuracy, batches, network, optimiser, recalibrate
@@ -34,29 +35,9 @@ from neumeta_core.train import HypernetTrainer, accuracy, batches, network, opti
 WIDTHS = (32, 28, 27, 24, 20, 16, 13, 12, 10, 8, 6, 5, 4)
 
 
-def area(n: int, big: int) -> torch.Tensor:
-    """(n, big): row j holds the fraction of cell j of n equal cells of [0, 1) that each of `big` cells covers."""
-    edges_n = torch.arange(n + 1, dtype=torch.float64) / n
-    edges_b = torch.arange(big + 1, dtype=torch.float64) / big
-    lo = torch.maximum(edges_n[:-1, None], edges_b[None, :-1])
-    hi = torch.minimum(edges_n[1:, None], edges_b[None, 1:])
-    return ((hi - lo).clamp_min(0) * n).float()
-
-
-def resampled(state: dict[str, torch.Tensor], rules: dict, width: int) -> dict[str, torch.Tensor]:
-    out = {}
-    for name, tensor in state.items():
-        shape = rules[name].at(width)
-        for axis in rules[name].axes:
-            n, big = shape[axis], tensor.shape[axis]
-            if n == big:
-                continue
-            mix = area(n, big).to(tensor.device)
-            tensor = torch.movedim(torch.tensordot(mix, torch.movedim(tensor, axis, 0), dims=1), 0, axis)
-            if axis == 1:
-                tensor = tensor * (big / n)
-        out[name] = tensor
-    return out
+def resampled_state(state: dict[str, torch.Tensor], rules: dict, width: int) -> dict[str, torch.Tensor]:
+    """Every tensor of `state` at `width` (hypernet.resampled: area averaging, exact cells)."""
+    return {name: resampled(tensor, rules[name].at(width)) for name, tensor in state.items()}
 
 
 def main() -> int:
@@ -98,7 +79,7 @@ def main() -> int:
             nn.init.zeros_(mlp.out.bias)
 
     def weights(width: int, noise: bool = True) -> dict[str, torch.Tensor]:
-        base = resampled({n: grid[n.replace(".", "/")] for n in names}, rules, width)
+        base = resampled_state({n: grid[n.replace(".", "/")] for n in names}, rules, width)
         if trainer is not None:
             for n, w in trainer._generate(width, noise).items():
                 base[n] = base[n] + w
