@@ -30,7 +30,7 @@ from neumeta_core.config import presets
 from neumeta_core.hypernet import resampled
 from neumeta_core.slimmable import shape_rules, soft_cross_entropy
 from neumeta_core.structure import build_at
-from neumeta_core.train import HypernetTrainer, accuracy, batches, network, optimiser, recalibrate
+from neumeta_core.train import HypernetTrainer, batches, network, optimiser, recalibrated_accuracy
 
 WIDTHS = (32, 28, 27, 24, 20, 16, 13, 12, 10, 8, 6, 5, 4)
 
@@ -107,16 +107,11 @@ def main() -> int:
         sched.step()
         bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
     seconds = time.time() - started
-    images = split.x_train[:2048]
     out = {}
-    with torch.no_grad():
-        for h in WIDTHS:
-            model = build_at(net.build, h)
-            state = model.state_dict()
-            state.update(weights(h, noise=False))
-            model.load_state_dict(state)
-            out[h] = accuracy(recalibrate(model, images), split.x_test, split.y_test)
-            print(f"h={h:3d} acc={out[h]:.2f}", flush=True)
+    for h in WIDTHS:
+        with torch.no_grad():
+            out[h] = recalibrated_accuracy(net.build, h, weights(h, noise=False), split)
+        print(f"h={h:3d} acc={out[h]:.2f}", flush=True)
     result = {"args": vars(args), "trained": trained, "seconds": round(seconds), "accuracy": out}
     print(json.dumps(result))
     if args.out:

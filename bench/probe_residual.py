@@ -20,8 +20,7 @@ from torch import nn
 
 from neumeta_core import baselines, data, permute
 from neumeta_core.config import presets
-from neumeta_core.structure import build_at
-from neumeta_core.train import HypernetTrainer, accuracy, network, recalibrate, resample
+from neumeta_core.train import HypernetTrainer, network, recalibrated_accuracy, resample
 
 WIDTHS = (32, 28, 27, 24, 20, 16, 13, 12, 10, 8, 6)
 
@@ -76,17 +75,11 @@ def main() -> int:
     trainer._generate = corrected  # type: ignore[method-assign]
     ema = trainer.task(split, progress=True)
     trainer.hypernet.load_state_dict(ema.module.state_dict())
-    images = split.x_train[:2048]
     out = {}
-    with torch.no_grad():
-        for h in WIDTHS:
-            model = build_at(net.build, h)
-            state = model.state_dict()
-            given = {**trainer.fixed, **corrected(h, noise=False)}
-            state.update({k: v for k, v in given.items() if k in state and v.shape == state[k].shape})
-            model.load_state_dict(state)
-            out[h] = accuracy(recalibrate(model, images), split.x_test, split.y_test)
-            print(f"h={h:3d} acc={out[h]:.2f}", flush=True)
+    for h in WIDTHS:
+        with torch.no_grad():
+            out[h] = recalibrated_accuracy(net.build, h, {**trainer.fixed, **corrected(h, noise=False)}, split)
+        print(f"h={h:3d} acc={out[h]:.2f}", flush=True)
     print(json.dumps({"steps": args.steps, "base": args.base, "teacher": record["accuracy"], "accuracy": out}))
     return 0
 

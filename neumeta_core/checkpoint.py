@@ -171,7 +171,7 @@ def load(path: str | Path = BUNDLED, device: str | torch.device = "cpu") -> Chec
     fixed = {k: v.to(device) for k, v in payload["fixed_state"].items()}
     lattice = train.quadrature == "lattice"
     morph = MorphicNet(
-        target, structure, hypernet, fixed, statistics, graphs, train.samples, train.coord_noise, train.seed, lattice
+        target, structure, hypernet, fixed, statistics, graphs, train.samples, train.final_noise, train.seed, lattice
     )
     return Checkpoint(
         morph=morph,

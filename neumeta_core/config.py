@@ -86,6 +86,9 @@ class TrainConfig(_Serialisable):
     weight_decay: float = 1e-2
     coord_noise: float = 1.0  # uniform noise of width 1: +-0.5 index units (notes section 3)
     noise_inverse: bool = False  # training noise coord_noise * h_min / h: full at the smallest trained width
+    # the coordinate noise (and the grid's cell jitter) at the end of the task phase, as a fraction of coord_noise:
+    # it falls from coord_noise with a cosine, as the learning rate; served weights average over the final noise
+    noise_end: float = 1.0
     recon_weight: float = 1.0  # magnitude-weighted MSE to the teacher, at full width only
     norm_weight: float = 1e-4  # sum of Frobenius norms of the generated tensors
     grad_clip: float = 10.0  # value clipping, as released
@@ -104,6 +107,11 @@ class TrainConfig(_Serialisable):
     # instead of `steps` steps at one random width
     slim_epochs: float = 0.0
     fixed_lr: float = 0.0  # > 0: the tensors not generated are trained too, shared by all widths (follow-up: 7e-5)
+
+    @property
+    def final_noise(self) -> float:
+        """The coordinate noise training ends with: what the served K weight sets average over."""
+        return self.coord_noise * self.noise_end
 
 
 def presets(name: str) -> tuple[TargetConfig, HyperNetConfig, TrainConfig]:

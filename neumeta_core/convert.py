@@ -58,7 +58,7 @@ def convert(old: Path, new: Path) -> dict[str, Any]:
             fixed[name] = torch.zeros_like(tensor)
     lattice = train.quadrature == "lattice"
     morph = MorphicNet(
-        target, net.structure, hypernet, fixed, {}, net.graphs, train.samples, train.coord_noise, train.seed, lattice
+        target, net.structure, hypernet, fixed, {}, net.graphs, train.samples, train.final_noise, train.seed, lattice
     )
     calibration = payload.get("calibration")
     reference = measure(morph, net.build, calibration)

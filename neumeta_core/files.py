@@ -145,6 +145,17 @@ def build(ckpt: Checkpoint, spec: FileSpec, probe: torch.Tensor | None = None) -
 FLOAT16_TOLERANCE = 2e-2  # a float16 file against the float32 reference: rounding moves logits ~1e-3
 
 
+def size(ckpt: Checkpoint, spec: FileSpec) -> int:
+    """The length in bytes of the file `spec` names, without synthesising it: the same graph, metadata and
+    format filled with zeros in place of the generated tensors (every format stores a tensor in a number of
+    bytes fixed by its shape and dtype, so the values do not change the length)."""
+    shapes = ckpt.morph.shapes(spec.width)
+    state = {**ckpt.morph.fixed, **ckpt.morph.stats(spec.width, spec.samples)}
+    state |= {name: torch.zeros(shape) for name, shape in shapes.items()}
+    graph = ckpt.graph(spec.width)
+    return len(export.serialize(graph, export.served(graph, state), spec.format, spec.dtype, metadata(spec, ckpt)))
+
+
 def verify(ckpt: Checkpoint, spec: FileSpec, body: bytes, weights: export.Weights, probe: torch.Tensor) -> None:
     """ExportMismatch unless the file computes what build(width) computed at training time: onnxruntime's
     logits on the probe against the reference logits the checkpoint holds for this width and K (K = 1 and

@@ -94,6 +94,19 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk: int = 10
     return 100.0 * correct / len(y)
 
 
+@torch.no_grad()
+def recalibrated_accuracy(
+    build: Builder, width: int, tensors: dict[str, torch.Tensor], split: Split, images: int = 2048
+) -> float:
+    """Held-out accuracy (%) of build(width) with `tensors` (those of its names and shapes) over its own initial
+    state, every BatchNorm recalibrated on the first `images` training images (the probes' evaluation)."""
+    model = build_at(build, width).to(split.y_train.device)
+    state = model.state_dict()
+    state.update({k: v for k, v in tensors.items() if k in state and v.shape == state[k].shape})
+    model.load_state_dict(state)
+    return accuracy(recalibrate(model, split.x_train[:images]), split.x_test, split.y_test)
+
+
 def optimiser(cfg: TrainConfig, params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
     """The teacher's optimiser: Adam, or SGD with Nesterov momentum 0.9; the same for every baseline."""
     if cfg.pretrain_optimizer == "sgd":
@@ -196,6 +209,7 @@ class HypernetTrainer:
                     nn.init.zeros_(cast(ResidualMLP, module).out.bias)
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.rng = random.Random(cfg.seed)
+        self.done = 0.0  # the fraction of the task phase done: what the coordinate noise's schedule follows
         self.models = {h: build_at(net.build, h).to(self.device) for h in self.widths}
         # what _state hands each model: its parameters (BatchNorm uses batch statistics in training)
         self.keys = {h: [name for name, _ in m.named_parameters()] for h, m in self.models.items()}
@@ -212,9 +226,12 @@ class HypernetTrainer:
     def noise(self, width: int) -> float:
         """Coordinate noise at `width`, in channel-index units: constant, or with `noise_inverse` the
         configured width at the smallest trained width, shrinking as 1/h above it (the same absolute
-        jitter in normalised position, so wide networks keep their fine detail)."""
+        jitter in normalised position, so wide networks keep their fine detail). With `noise_end` < 1 it falls
+        from coord_noise to coord_noise * noise_end over the task phase (`self.done`: its fraction done)."""
         scale = min(self.widths) / width if self.cfg.noise_inverse else 1.0
-        return self.cfg.coord_noise * scale
+        end = self.cfg.noise_end
+        anneal = end + (1.0 - end) * (1.0 + math.cos(math.pi * self.done)) / 2.0
+        return self.cfg.coord_noise * scale * anneal
 
     def _state(self, weights: dict[str, torch.Tensor], width: int) -> dict[str, torch.Tensor]:
         """Every tensor the stage's model at `width` needs: generated, teacher, shared, fixed."""
@@ -277,7 +294,8 @@ class HypernetTrainer:
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(cfg.steps, 1))
         data = batches(split, cfg.batch_size, self.gen)
         bar = tqdm(range(cfg.steps), desc="hypernet", disable=not progress, mininterval=1.0)
-        for _ in bar:
+        for step in bar:
+            self.done = step / max(cfg.steps, 1)
             opt.zero_grad()
             for micro in range(cfg.accumulation):
                 x, y = next(data)
@@ -311,7 +329,8 @@ class HypernetTrainer:
         ema = AveragedModel(self.hypernet, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay))
         data = batches(split, cfg.batch_size, self.gen)
         bar = tqdm(range(steps), desc="hypernet (sandwich)", disable=not progress, mininterval=1.0)
-        for _ in bar:
+        for step in bar:
+            self.done = step / steps
             x, y = next(data)
             opt.zero_grad()
             logits = functional_call(self.models[high], self._state(self._generate(high), high), (x,))
@@ -373,7 +392,7 @@ def train(
         {},
         net.graphs,
         cfg.samples,
-        cfg.coord_noise,
+        cfg.final_noise,
         cfg.seed,
         lattice=cfg.quadrature == "lattice",
     )

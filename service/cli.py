@@ -36,6 +36,7 @@ HYPER_FLAGS = ("hidden", "layers", "residual_init", "frequencies", "centred", "s
 TRAIN_FLAGS = (
     "seed", "batch_size", "pretrain_epochs", "warm_steps", "steps", "warm_lr", "lr", "samples", "permute",
     "accumulation", "kd_weight", "fixed_lr", "sandwich", "noise_inverse", "recon_weight", "quadrature", "slim_epochs",
+    "noise_end",
 )  # fmt: skip
 
 
@@ -132,7 +133,7 @@ def _sample(args: argparse.Namespace) -> int:
 def _size_params(args: argparse.Namespace) -> dict[str, str]:
     params = {
         k: str(v)
-        for k in ("ratio", "width", "max_params", "model", "format", "dtype")
+        for k in ("ratio", "width", "max_params", "max_bytes", "model", "format", "dtype")
         if (v := getattr(args, k, None)) is not None
     }
     return params
@@ -315,6 +316,9 @@ def parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--noise", type=float, help="coordinate noise width (1.0 = +-0.5; 0 = none)")
     t.add_argument(
+        "--noise-end", type=float, help="noise at the end of the task phase, a fraction of --noise (cosine decay)"
+    )
+    t.add_argument(
         "--noise-inverse", action=argparse.BooleanOptionalAction, help="training noise shrinks as 1/h above h_min"
     )
     t.add_argument("--samples", type=int, help="K weight sets averaged at inference")
@@ -382,6 +386,7 @@ def parser() -> argparse.ArgumentParser:
     fsize.add_argument("--ratio", type=float)
     fsize.add_argument("--width", type=int)
     fsize.add_argument("--max-params", type=int)
+    fsize.add_argument("--max-bytes", type=int, help="the largest model whose file takes at most this many bytes")
     f.add_argument("--model")
     f.add_argument("--format", choices=names.FORMATS)
     f.add_argument("--dtype", choices=names.DTYPES)

@@ -18,17 +18,26 @@ from service.errors import BadRequest, InvalidRequest, UnsupportedMediaType
 
 Format = Literal["onnx", "safetensors"]
 DType = Literal["float32", "float16"]
-SIZES = ("ratio", "width", "max_params")
+SIZES = ("ratio", "width", "max_params", "max_bytes")
+BUDGET_MAX = 2**63 - 1  # a budget is a signed 64-bit integer: what every client can state
 
 
 class ModelRequest(BaseModel):
-    """Exactly one of ratio, width or max_params chooses the size."""
+    """Exactly one of ratio, width, max_params or max_bytes chooses the size."""
 
     model_config = ConfigDict(extra="forbid")
 
     ratio: float | None = Field(None, description="compression ratio gamma = 1 - h/h_max; h = round((1 - ratio) h_max)")
     width: int | None = Field(None, description="hidden width h")
-    max_params: int | None = Field(None, description="the largest width whose parameter count fits this budget")
+    max_params: int | None = Field(
+        None, le=BUDGET_MAX, description="the largest width whose parameter count fits this budget"
+    )
+    max_bytes: int | None = Field(
+        None,
+        ge=1,
+        le=BUDGET_MAX,
+        description="the largest width whose file, in the format and dtype asked, is at most this many bytes",
+    )
     model: str | None = Field(None, description="name of a loaded checkpoint (GET /models); default: the first")
     format: Format = Field("onnx", description="onnx (default) or safetensors (the state dict)")
     dtype: DType = Field("float32", description="float32 (default) or float16 (weights stored in half precision)")

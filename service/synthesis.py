@@ -43,6 +43,7 @@ class Synthesizer:
         self._names = {c.digest: name for name, c in models.items()}
         self._probes = {name: c.probe() for name, c in models.items()}
         self._engines = {name: files.engine(c.morph.device) for name, c in models.items()}
+        self._sizes: dict[tuple[str, int, str, str], int] = {}  # (checkpoint, width, format, dtype) -> bytes
 
     # -- validation at the boundary ------------------------------------------------------
     def checkpoint(self, name: str | None) -> Checkpoint:
@@ -64,9 +65,11 @@ class Synthesizer:
         """What is valid, for the detail of a 422 (after the reason, which says what was wrong)."""
         ckpt = self.checkpoint(None)
         return (
-            f"Give exactly one of ratio, width or max_params: {self.ratio_hint(ckpt)}; width must be an "
-            f"integer in {ckpt.target.min_width}..{ckpt.target.max_width}; max_params at least "
-            f"{ckpt.morph.param_count(ckpt.target.min_width)}. Optional: model ({' | '.join(self.models)}), "
+            f"Give exactly one of ratio, width, max_params or max_bytes: {self.ratio_hint(ckpt)}; width must be "
+            f"an integer in {ckpt.target.min_width}..{ckpt.target.max_width}; max_params at least "
+            f"{ckpt.morph.param_count(ckpt.target.min_width)}; max_bytes at least the smallest file (onnx "
+            f"float32: {self.file_size(ckpt, ckpt.target.min_width, 'onnx', 'float32')} bytes). Optional: model "
+            f"({' | '.join(self.models)}), "
             f"format ({' | '.join(export.FORMATS)}), dtype ({' | '.join(export.DTYPES)})"
         )
 
@@ -84,12 +87,38 @@ class Synthesizer:
                     f"width={req.width} is not supported: width must lie in {t.min_width}..{t.max_width}"
                 )
             return ckpt, req.width
+        if req.max_bytes is not None:
+            return ckpt, self._fitting_bytes(ckpt, req.max_bytes, req.format, req.dtype)
         assert req.max_params is not None
         fits = [w for w in range(t.min_width, t.max_width + 1) if ckpt.morph.param_count(w) <= req.max_params]
         if not fits:
             smallest = ckpt.morph.param_count(t.min_width)
             raise InvalidRequest(f"max_params={req.max_params} fits no width: the smallest model has {smallest}")
         return ckpt, max(fits)
+
+    def _fitting_bytes(self, ckpt: Checkpoint, budget: int, fmt: str, dtype: str) -> int:
+        """The largest served width whose file is at most `budget` bytes: bisection, since a file grows with
+        its width."""
+        low, high = ckpt.target.min_width, ckpt.target.max_width
+        smallest = self.file_size(ckpt, low, fmt, dtype)
+        if budget < smallest:
+            largest = self.file_size(ckpt, high, fmt, dtype)
+            raise InvalidRequest(
+                f"max_bytes={budget} fits no file: the {fmt} {dtype} files of {self.name(ckpt)} take {smallest} "
+                f"(width {low}) to {largest} bytes (width {high}); give max_bytes >= {smallest}"
+            )
+        while low < high:  # invariant: the file at `low` fits
+            mid = (low + high + 1) // 2
+            low, high = (mid, high) if self.file_size(ckpt, mid, fmt, dtype) <= budget else (low, mid - 1)
+        return low
+
+    def file_size(self, ckpt: Checkpoint, width: int, fmt: str, dtype: str) -> int:
+        """Bytes of the file this process serves at `width` (files.size: from shapes, nothing synthesised),
+        kept once computed."""
+        key = (ckpt.digest, width, fmt, dtype)
+        if key not in self._sizes:
+            self._sizes[key] = files.size(ckpt, self.spec(ckpt, width, fmt, dtype))
+        return self._sizes[key]
 
     def spec(self, ckpt: Checkpoint, width: int, fmt: str = "onnx", dtype: str = "float32") -> FileSpec:
         """Everything the file's bytes depend on: this process's settings (K, precision) and engine."""

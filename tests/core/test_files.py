@@ -133,3 +133,16 @@ def _default_threads() -> int:
         check=True,
     )
     return int(out.stdout)
+
+
+@pytest.mark.parametrize("fmt,dtype", [("onnx", "float32"), ("onnx", "float16"), ("safetensors", "float32")])
+def test_a_files_size_is_known_from_its_spec_without_synthesis(bundled, fmt, dtype, monkeypatch):
+    expected = {w: len(built(bundled, files.spec_for(bundled, w, fmt=fmt, dtype=dtype))) for w in (8, 9, 20, 32)}
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("files.size must not synthesise")
+
+    monkeypatch.setattr(bundled.morph, "generate", refuse)
+    sizes = {w: files.size(bundled, files.spec_for(bundled, w, fmt=fmt, dtype=dtype)) for w in expected}
+    assert sizes == expected
+    assert sizes[8] < sizes[9] < sizes[20] < sizes[32]

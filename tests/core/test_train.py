@@ -1,4 +1,5 @@
 import hashlib
+import itertools
 
 import pytest
 import torch
@@ -112,3 +113,27 @@ def test_a_grid_hypernetwork_starts_at_the_teacher_and_the_sandwich_phase_trains
     for width in (2, 5, 8):  # below, between and at the trained widths: the same weights after a round trip
         a, b = result.morph.state_dict(width), loaded.morph.state_dict(width)
         assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_noise_falls_by_a_cosine_to_its_end_fraction_and_the_served_sets_average_over_the_final_noise(split):
+    from dataclasses import replace
+
+    net = _net()
+    teacher = net.build(TINY_TARGET.max_width).state_dict()
+    cfg = TrainConfig(coord_noise=1.0, noise_end=0.25)
+    trainer = train.HypernetTrainer(TINY_TARGET, TINY_NET, cfg, net, teacher)
+    width = TINY_TARGET.max_width
+    levels = []
+    for done in (0.0, 0.25, 0.5, 0.75, 1.0):
+        trainer.done = done
+        levels.append(trainer.noise(width))
+    assert levels[0] == pytest.approx(1.0) and levels[2] == pytest.approx(0.625) and levels[-1] == pytest.approx(0.25)
+    assert all(a > b for a, b in itertools.pairwise(levels))  # falls all the way
+    constant = train.HypernetTrainer(TINY_TARGET, TINY_NET, TrainConfig(coord_noise=1.0), net, teacher)
+    constant.done = 0.9
+    assert constant.noise(width) == pytest.approx(1.0)  # the default: no schedule
+    result = train.train(
+        TINY_TARGET, TINY_NET, replace(TINY_TRAIN, warm_steps=0, steps=3, coord_noise=0.8, noise_end=0.5), split,
+        progress=False,
+    )  # fmt: skip
+    assert result.morph.noise == pytest.approx(0.4)

@@ -14,7 +14,7 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from neumeta_core.checkpoint import BUNDLED
+from neumeta_core.builders import SERVED
 from tests.deploy.conftest import DOCKERFILES, ROOT, find_url, local, makefile_torch, url_path
 from tests.processes import free_port
 
@@ -165,14 +165,16 @@ def test_cpu_image_recipe_gives_a_working_service(tmp_path, dockerfiles):
     subprocess.run([*pip, "--no-deps", str(context)], check=True, timeout=300)
 
     installed = subprocess.run(
-        [str(python), "-c", "import neumeta_core.checkpoint as c; print(c.BUNDLED)"],
+        [str(python), "-c", "from neumeta_core.builders import SERVED; print(*SERVED, sep='\\n')"],
         cwd=workdir,
         check=True,
         capture_output=True,
         text=True,
         timeout=120,
-    ).stdout.strip()
-    assert Path(installed).is_relative_to(venv) and Path(installed).read_bytes() == BUNDLED.read_bytes()
+    ).stdout.split()
+    assert len(installed) == len(SERVED)  # every file the service loads by default is in the package
+    for path, ours in zip(installed, SERVED, strict=True):
+        assert Path(path).is_relative_to(venv) and Path(path).read_bytes() == ours.read_bytes()
 
     # the final stage's environment, its paths moved from /opt/venv and /tmp to the test's own
     env = {"PATH": f"{venv}/bin:/usr/bin:/bin"}

@@ -49,8 +49,8 @@ def fuzz(operation, seen: dict[str, set[int]]) -> None:
         response = case.call(timeout=60, headers={"Authorization": f"Bearer {KEY}"})
         seen.setdefault(label, set()).add(response.status_code)
         assert response.status_code < 500, f"{label} -> {response.status_code}: {response.text[:300]}"
-        # excluded: "a schema-valid request must be accepted". The rule "exactly one of ratio, width,
-        # max_params" spans three optional query parameters, which OpenAPI cannot state, so a request
+        # excluded: "a schema-valid request must be accepted". The rule "exactly one of ratio, width, max_params or
+        # max_bytes" spans four optional query parameters, which OpenAPI cannot state, so a request
         # with none of them is schema-valid and rightly refused with 422.
         case.validate_response(response, excluded_checks=[positive_data_acceptance])
 

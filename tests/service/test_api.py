@@ -68,6 +68,33 @@ def test_max_params_picks_the_largest_width_that_fits(client, bundled):
     assert r.status_code == 422 and f"the smallest model has {small}" in r.json()["detail"]
 
 
+@pytest.mark.parametrize("fmt,dtype", [("onnx", "float32"), ("onnx", "float16"), ("safetensors", "float32")])
+def test_max_bytes_picks_the_largest_file_that_fits_in_the_format_and_dtype_asked(client, fmt, dtype):
+    def get(**params):
+        return client.get("/models", params={"format": fmt, "dtype": dtype, **params})
+
+    twenty = get(width=20)
+    assert twenty.status_code == 200
+    size = len(twenty.content)
+    exact = get(max_bytes=size)  # a budget of exactly a served file's size gets that file
+    assert exact.headers["x-neumeta-width"] == "20" and exact.content == twenty.content
+    assert get(max_bytes=size - 1).headers["x-neumeta-width"] == "19"
+    largest = get(max_bytes=10**12)
+    assert largest.headers["x-neumeta-width"] == "32"
+    smallest = len(get(width=8).content)
+    refused = get(max_bytes=smallest - 1)
+    detail = refused.json()["detail"]
+    assert refused.status_code == 422 and f"give max_bytes >= {smallest}" in detail and f"{fmt} {dtype}" in detail
+
+
+@pytest.mark.parametrize("value", ["-5", "0", "ten", "1.5", "9" * 400])
+def test_bad_byte_budgets_are_422_with_the_valid_range(client, value):
+    r = client.post(f"/models?max_bytes={value}")
+    assert r.status_code == 422
+    body = r.json()
+    assert body["error"] and "max_bytes" in body["detail"]
+
+
 def test_second_identical_request_is_a_byte_identical_cache_hit(client):
     first = client.post("/models?ratio=0.625")
     second = client.post("/models?ratio=0.625")
@@ -90,7 +117,7 @@ def test_bad_ratio_is_a_422_naming_the_valid_range(client, query):
 @pytest.mark.parametrize(
     ("query", "body", "says"),
     [
-        ("ratio=0.5&width=16", None, "2 sizes given (ratio, width). Give exactly one of ratio, width or max_params"),
+        ("ratio=0.5&width=16", None, "2 sizes given (ratio, width). Give exactly one of ratio, width, max_params"),
         ("width=3", None, "must lie in 8..32"),
         ("width=33", None, "must lie in 8..32"),
         ("width=1.5", None, "width='1.5' is not an integer"),
@@ -102,7 +129,7 @@ def test_bad_ratio_is_a_422_naming_the_valid_range(client, query):
         ("", {"ratio": "half"}, RANGE_HINT),
         ("ratio=0.25&fromat=safetensors", None, "unknown parameter 'fromat'"),
         ("ratio=0.25&ratio=0.5", None, "'ratio' is given 2 times: give each parameter once"),
-        ("", None, "no size given. Give exactly one of ratio, width or max_params"),
+        ("", None, "no size given. Give exactly one of ratio, width, max_params or max_bytes"),
     ],
 )
 def test_invalid_requests_say_what_is_valid(client, query, body, says):
@@ -296,7 +323,7 @@ def test_bfloat16_precision_is_its_own_model_and_keeps_its_accuracy(client, spli
 @pytest.mark.parametrize("query", ["", "?ratio=abc", "?ratio=0.2&width=3"])
 def test_the_rule_is_stated_once_with_the_valid_ranges(client, query):
     detail = client.post(f"/models{query}").json()["detail"]
-    assert detail.lower().count("give exactly one of ratio, width or max_params") == 1
+    assert detail.lower().count("give exactly one of ratio, width, max_params or max_bytes") == 1
     assert RANGE_HINT in detail and "width must be an integer in 8..32" in detail
 
 

@@ -58,6 +58,18 @@ def test_fetch_recovers_from_a_damaged_partial_file(server, tmp_path):
     assert got.status == "downloaded" and out.read_bytes() == full
 
 
+def test_fetch_with_a_byte_budget_of_a_served_files_size_gets_that_file(server, tmp_path):
+    twelve = httpx.get(f"{server.url}/models", params={"width": 12, "dtype": "float16"}, timeout=120)
+    out = tmp_path / "m.onnx"
+    argv = [str(BIN), "fetch", "--url", server.url, "--max-bytes", str(len(twelve.content)), "--dtype", "float16"]
+    done = subprocess.run([*argv, "-o", str(out)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert out.read_bytes() == twelve.content
+    small = subprocess.run([*argv[:-3], "10", "-o", str(tmp_path / "none.onnx")], capture_output=True, text=True)
+    assert small.returncode == 2 and "max_bytes=10 fits no file" in small.stderr and len(small.stderr.splitlines()) == 1
+    assert not (tmp_path / "none.onnx").exists()
+
+
 def test_fetch_reports_a_bad_request_and_writes_nothing(server, tmp_path):
     out = tmp_path / "m.onnx"
     with pytest.raises(FetchError, match=r"422.*ratio must be a number"):
