@@ -130,6 +130,26 @@ def _sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fitted(args: argparse.Namespace, key: str | None) -> dict[str, str]:
+    """The size request of the largest model that meets --max-latency-ms (and --max-bytes) on this machine,
+    measured here (service/fit.py); the table goes to stdout."""
+    from service import fit
+
+    shared = {k: str(v) for k in ("model", "format", "dtype") if (v := getattr(args, k, None)) is not None}
+    cache = fit.Measurements(args.latency_cache or fit.default_cache(), fit.machine(args.threads))
+    search = fit.Search(args.url, shared, key, args.threads, cache)
+    try:
+        try:
+            best = search.largest(args.max_latency_ms, args.max_bytes)
+        finally:
+            print(search.table(args.max_latency_ms))
+            print(f"{search.measured} measured, {len(search.seen) - search.measured} from the cache ({cache.path})")
+    finally:
+        search.close()
+    print(f"picked width {best.width}: {best.size} bytes, {best.ms:.3f} ms at batch 1 ({args.threads} thread(s))")
+    return {**shared, "width": str(best.width)}
+
+
 def _size_params(args: argparse.Namespace) -> dict[str, str]:
     params = {
         k: str(v)
@@ -219,11 +239,36 @@ def _serve(args: argparse.Namespace) -> int:
     return serve(args.host, args.port)
 
 
+def _api_key(args: argparse.Namespace) -> str | None:
+    """--api-key, else the first line of --api-key-file, else NEUMETA_API_KEY."""
+    if args.api_key:
+        return str(args.api_key)
+    if args.api_key_file is not None:
+        try:
+            key = args.api_key_file.read_text().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InputError(f"--api-key-file {str(args.api_key_file)!r}: cannot read it ({exc})") from None
+        if not key or any(c.isspace() for c in key):
+            raise InputError(f"--api-key-file {str(args.api_key_file)!r}: give one key, no spaces, on one line")
+        return key
+    return os.environ.get("NEUMETA_API_KEY")
+
+
 def _fetch(args: argparse.Namespace) -> int:
     from service.client import fetch, partial
 
+    sizes = [f for f in ("ratio", "width", "max_params") if getattr(args, f) is not None]
+    budgets = [f for f in ("max_latency_ms", "max_bytes") if getattr(args, f) is not None]
+    if len(sizes) + bool(budgets) != 1:
+        raise InputError(
+            "give one size (--ratio, --width or --max-params) or budgets (--max-latency-ms and/or --max-bytes)"
+        )
+    key = _api_key(args)
+    params = _size_params(args)
+    if args.max_latency_ms is not None:
+        params = _fitted(args, key)
     try:
-        result = fetch(args.url, _size_params(args), args.out, os.environ.get("NEUMETA_API_KEY"))
+        result = fetch(args.url, params, args.out, key)
     except KeyboardInterrupt:
         part, state = partial(args.out)
         kept = part.stat().st_size if part.exists() and state.exists() else 0
@@ -258,6 +303,17 @@ def positive(text: str) -> int:
         value = 0
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    return value
+
+
+def positive_number(text: str) -> float:
+    """A finite number > 0 (a budget), or one line saying what is valid."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0 < value < float("inf"):  # NaN fails too
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number > 0")
     return value
 
 
@@ -382,11 +438,22 @@ def parser() -> argparse.ArgumentParser:
 
     f = sub.add_parser("fetch", help="download a model: verified, atomic, resumable (key: NEUMETA_API_KEY)")
     f.add_argument("--url", required=True, help="the service, e.g. http://127.0.0.1:8000")
-    fsize = f.add_mutually_exclusive_group(required=True)
+    fsize = f.add_mutually_exclusive_group()
     fsize.add_argument("--ratio", type=float)
     fsize.add_argument("--width", type=int)
     fsize.add_argument("--max-params", type=int)
-    fsize.add_argument("--max-bytes", type=int, help="the largest model whose file takes at most this many bytes")
+    f.add_argument(
+        "--max-bytes", type=positive, help="budget: the largest model whose file takes at most this many bytes"
+    )
+    f.add_argument(
+        "--max-latency-ms",
+        type=positive_number,
+        help="budget: the largest model that runs one image in at most this many ms here (measured with onnxruntime)",
+    )
+    f.add_argument("--threads", type=positive, default=1, help="onnxruntime threads to measure with (default 1)")
+    f.add_argument("--latency-cache", type=Path, help="measured times (default ~/.cache/neumeta/latency.json)")
+    f.add_argument("--api-key", help="bearer key (else --api-key-file, else NEUMETA_API_KEY)")
+    f.add_argument("--api-key-file", type=Path, help="a file holding the key on one line")
     f.add_argument("--model")
     f.add_argument("--format", choices=names.FORMATS)
     f.add_argument("--dtype", choices=names.DTYPES)

@@ -48,10 +48,8 @@ def top_level(dist_name: str) -> set[Path]:
     return out
 
 
-@pytest.fixture(scope="module")
-def edge(tmp_path_factory) -> Path:
-    """A fresh venv whose site-packages links only the client's distributions and the project's code."""
-    root = tmp_path_factory.mktemp("edge")
+def edge_venv(root: Path, client: tuple[str, ...]) -> Path:
+    """A fresh venv whose site-packages links only `client`'s distributions and the project's code."""
     venv.create(root / "venv", with_pip=False)
     python = root / "venv" / "bin" / "python"
     site = Path(
@@ -61,7 +59,7 @@ def edge(tmp_path_factory) -> Path:
     )
     libs = root / "libs"
     libs.mkdir()
-    for dist in closure(CLIENT):
+    for dist in closure(client):
         for path in top_level(dist):
             if path.exists() and not (libs / path.name).exists():
                 (libs / path.name).symlink_to(path)
@@ -71,6 +69,28 @@ def edge(tmp_path_factory) -> Path:
         (code / package).symlink_to(ROOT / package)
     (site / "edge.pth").write_text(f"{libs}\n{code}\n")
     return python
+
+
+@pytest.fixture(scope="module")
+def edge(tmp_path_factory) -> Path:
+    return edge_venv(tmp_path_factory.mktemp("edge"), CLIENT)
+
+
+def test_fitting_on_the_device_needs_only_onnxruntime_more(tmp_path):
+    """`neumeta fetch --max-latency-ms` measures with onnxruntime: the client's environment plus onnxruntime
+    (and what it requires), still without torch or onnx, picks and downloads a model."""
+    python = edge_venv(tmp_path / "edge", (*CLIENT, "onnxruntime"))
+    assert subprocess.run([str(python), "-c", "import torch"], capture_output=True).returncode != 0
+    assert subprocess.run([str(python), "-c", "import onnx"], capture_output=True).returncode != 0
+    out = tmp_path / "m.onnx"
+    argv = ["-m", "service.cli", "fetch", "--max-latency-ms", "100000", "--latency-cache", str(tmp_path / "t.json")]
+    with serving() as live:
+        done = subprocess.run(
+            [str(python), *argv, "--url", live.url, "-o", str(out)], capture_output=True, text=True, timeout=300
+        )
+        assert done.returncode == 0, done.stderr
+        expected = httpx.get(f"{live.url}/models", params={"width": 32}, timeout=120).content
+    assert "picked width 32" in done.stdout and out.read_bytes() == expected
 
 
 def test_the_edge_venv_has_no_torch(edge):
