@@ -4,14 +4,18 @@ in the checkpoint without its weights), filled with each width's weights here, a
 The graph's input is `input` (batch, *input_shape) float32 with a dynamic batch axis, its output `logits`
 (batch, classes). BatchNorm was folded out of the graph at export: its statistics and affine terms are
 folded into the layer before it here, per width (`fold`). With dtype float16 the weights are stored in
-half precision and cast to float32 inside the graph: half the bytes, same interface. Nothing here runs
-code from a checkpoint: a graph is data that onnxruntime interprets.
+half precision and cast to float32 inside the graph: half the bytes, same interface. With dtype int8 the float
+file is quantised statically by onnxruntime's quantisation tools (QDQ: int8 weights per output channel, uint8
+activations calibrated on real images; `quantize`), input and output still float32. Nothing here runs code from
+a checkpoint: a graph is data that onnxruntime interprets.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import struct
+import tempfile
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -20,6 +24,7 @@ import onnx
 import onnxruntime as ort
 import torch
 from onnx import TensorProto, helper, numpy_helper
+from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 from safetensors.torch import load as load_safetensors
 
 from neumeta_core import names
@@ -31,8 +36,10 @@ IR_VERSION = 8  # readable by onnxruntime >= 1.10 on edge devices
 
 VERSION = "neumeta-export/4"  # part of every cache key: bump when the bytes of a file change
 FORMATS = names.FORMATS
-DTYPES = dict(zip(names.DTYPES, (torch.float32, torch.float16), strict=True))
+DTYPES = names.DTYPES
+TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16}  # what safetensors files store
 SAFETENSORS_DTYPES = {"float32": "F32", "float16": "F16"}
+QUANTIZED = ("int8",)  # ONNX only, and only from a checkpoint that holds calibration images
 TOLERANCE = 1e-4  # of a file against torch (or its reference logits), relative to the logits' scale
 
 Weights = dict[str, np.ndarray]
@@ -138,7 +145,7 @@ def to_safetensors(
     header: dict[str, object] = {"__metadata__": dict(sorted(metadata.items()))} if metadata else {}
     blobs, offset = [], 0
     for name in sorted(state):
-        array = state[name].detach().to("cpu", DTYPES[dtype]).contiguous().numpy()
+        array = state[name].detach().to("cpu", TORCH_DTYPES[dtype]).contiguous().numpy()
         data = array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
         header[name] = {
             "dtype": SAFETENSORS_DTYPES[dtype],
@@ -152,9 +159,20 @@ def to_safetensors(
     return struct.pack("<Q", len(text)) + text + b"".join(blobs)
 
 
-def serialize(graph: Graph, weights: Weights, fmt: str, dtype: str, metadata: dict[str, str] | None = None) -> bytes:
+def serialize(
+    graph: Graph,
+    weights: Weights,
+    fmt: str,
+    dtype: str,
+    metadata: dict[str, str] | None = None,
+    calibration: np.ndarray | None = None,
+) -> bytes:
     """The file of `fmt` holding `weights`, the served tensors (`served`: BatchNorm folded): ONNX, or
-    safetensors of the same tensors."""
+    safetensors of the same tensors. int8 (ONNX only): the float32 file quantised on `calibration`."""
+    if dtype in QUANTIZED:
+        if fmt != "onnx" or calibration is None:
+            raise ValueError("an int8 file is ONNX, quantised on calibration images")
+        return quantize(fill(graph, weights, metadata), calibration)
     if fmt == "onnx":
         return fill(graph, weights, metadata, dtype)
     if fmt == "safetensors":
@@ -164,7 +182,7 @@ def serialize(graph: Graph, weights: Weights, fmt: str, dtype: str, metadata: di
 
 def rounded(state: dict[str, torch.Tensor], dtype: str) -> dict[str, torch.Tensor]:
     """The weights as a file of `dtype` stores them, back in float32: the reference to verify against."""
-    return {k: v.to(DTYPES[dtype]).float() for k, v in state.items()}
+    return {k: v.to(TORCH_DTYPES[dtype]).float() for k, v in state.items()}
 
 
 def verify_safetensors(body: bytes, weights: Weights, dtype: str) -> float:
@@ -215,3 +233,79 @@ def verify(onnx_bytes: bytes, expected: np.ndarray, probe: np.ndarray) -> float:
     """How far onnxruntime's logits on `probe` lie from `expected` (relative)."""
     got = session(onnx_bytes).run([OUTPUT], {INPUT: probe})[0]
     return relative(got, expected)
+
+
+class _Batches(CalibrationDataReader):  # type: ignore[misc]
+    """The calibration images, 64 at a time, as the quantiser reads them."""
+
+    def __init__(self, images: np.ndarray) -> None:
+        self._batches = iter([{INPUT: images[i : i + 64]} for i in range(0, len(images), 64)])
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._batches, None)
+
+
+class _NoPreprocessAdvice(logging.Filter):
+    """onnxruntime's quantiser advises pre-processing on the root logger at every call; our graphs are exported
+    by torch.onnx with shapes already inferred, so the advice is noise in a server's log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "pre-process" not in record.getMessage() and "pre-processing" not in record.getMessage()
+
+
+logging.getLogger().addFilter(_NoPreprocessAdvice())
+
+
+def quantize(float_body: bytes, calibration: np.ndarray) -> bytes:
+    """A float32 ONNX file quantised statically, QDQ format: weights int8 per output channel, activations uint8
+    with ranges from `calibration` (min-max, deterministic: equal input gives equal bytes), the metadata kept."""
+    model = onnx.load_from_string(float_body)
+    with tempfile.TemporaryDirectory(prefix="neumeta-int8-") as tmp:
+        out = f"{tmp}/int8.onnx"
+        quantize_static(
+            model,
+            out,
+            _Batches(np.ascontiguousarray(calibration, dtype=np.float32)),
+            quant_format=QuantFormat.QDQ,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+            calibrate_method=CalibrationMethod.MinMax,
+        )
+        quantized = onnx.load(out)
+    quantized.ir_version = IR_VERSION
+    quantized.producer_name, quantized.producer_version = model.producer_name, model.producer_version
+    _short_names(quantized.graph)
+    del quantized.metadata_props[:]
+    helper.set_model_props(quantized, {p.key: p.value for p in model.metadata_props})
+    onnx.checker.check_model(quantized)
+    return quantized.SerializeToString()
+
+
+def _short_names(graph: onnx.GraphProto) -> None:
+    """Every inner tensor renamed to a short id and the node names dropped (ONNX needs neither): the quantiser's
+    names (`/Relu_1_output_0_QuantizeLinear_Output`) would otherwise take more bytes than a small model's
+    weights. The input and the output keep theirs."""
+    keep = {v.name for v in graph.input} | {v.name for v in graph.output}
+    ids: dict[str, str] = {}
+
+    def short(name: str) -> str:
+        if not name or name in keep:
+            return name
+        return ids.setdefault(name, f"t{len(ids)}")
+
+    for node in graph.node:
+        node.name = ""
+        node.input[:] = [short(n) for n in node.input]
+        node.output[:] = [short(n) for n in node.output]
+    for tensor in graph.initializer:
+        tensor.name = short(tensor.name)
+    for info in graph.value_info:
+        info.name = short(info.name)
+
+
+def agreement(reference: bytes, other: bytes, images: np.ndarray) -> float:
+    """The fraction of `images` on which `other`'s top-1 class is `reference`'s (onnxruntime, both)."""
+    a = session(reference).run([OUTPUT], {INPUT: images})[0].argmax(axis=1)
+    b = session(other).run([OUTPUT], {INPUT: images})[0].argmax(axis=1)
+    return float(np.mean(a == b))

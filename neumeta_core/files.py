@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from functools import cached_property
 
 import numpy as np
@@ -45,7 +45,7 @@ class FileSpec:
     checkpoint: str  # sha256 of the checkpoint file
     width: int
     format: str  # onnx | safetensors
-    dtype: str  # float32 | float16
+    dtype: str  # float32 | float16 | int8 (ONNX only)
     samples: int  # K weight sets averaged
     quadrature: str  # where the K sets lie: random (seeded) or lattice
     precision: str  # of the hypernetwork's arithmetic: float32 | tf32 | bfloat16
@@ -57,6 +57,8 @@ class FileSpec:
             raise InputError(f"format must be one of {' | '.join(export.FORMATS)}, not {self.format!r}")
         if self.dtype not in export.DTYPES:
             raise InputError(f"dtype must be one of {' | '.join(export.DTYPES)}, not {self.dtype!r}")
+        if self.dtype in export.QUANTIZED and self.format != "onnx":
+            raise InputError(f"dtype {self.dtype} is served as onnx only (quantised QDQ), not as {self.format}")
 
     @cached_property
     def canonical(self) -> str:
@@ -134,12 +136,35 @@ def build(ckpt: Checkpoint, spec: FileSpec, probe: torch.Tensor | None = None) -
     state = ckpt.morph.state_dict(spec.width, spec.precision, spec.samples)
     synthesized = time.perf_counter()
     weights = export.served(ckpt.graph(spec.width), state)  # folded once: the file and its check use them
-    body = export.serialize(ckpt.graph(spec.width), weights, spec.format, spec.dtype, metadata(spec, ckpt))
-    exported = time.perf_counter()
-    verify(ckpt, spec, body, weights, ckpt.probe() if probe is None else probe)
+    graph, meta, probe = ckpt.graph(spec.width), metadata(spec, ckpt), ckpt.probe() if probe is None else probe
+    if spec.dtype in export.QUANTIZED:  # the float32 file, verified as ever, then quantised and checked against it
+        images = calibration_images(ckpt)
+        float_body = export.serialize(graph, weights, spec.format, "float32", meta)
+        verify(ckpt, replace(spec, dtype="float32"), float_body, weights, probe)
+        body = export.quantize(float_body, images)
+        exported = time.perf_counter()
+        agreed = export.agreement(float_body, body, np.concatenate([probe.cpu().numpy(), images]))
+        if agreed < INT8_AGREEMENT:
+            raise ExportMismatch(f"the int8 file agrees with the float32 file on {agreed:.1%} of the check images")
+    else:
+        body = export.serialize(graph, weights, spec.format, spec.dtype, meta)
+        exported = time.perf_counter()
+        verify(ckpt, spec, body, weights, probe)
     seconds = {"synthesize": synthesized - started, "export": exported - synthesized}
     seconds["verify"] = time.perf_counter() - exported
     return Built(body, seconds)
+
+
+# an int8 file's top-1 class must be its float32 file's on this share of the check images (the probe batch and
+# the checkpoint's calibration images); measured 99-100 % on the bundles (docs/benchmarks.md)
+INT8_AGREEMENT = 0.95
+
+
+def calibration_images(ckpt: Checkpoint) -> np.ndarray:
+    """The real images an int8 file is calibrated on: those the checkpoint keeps for its BatchNorm statistics."""
+    if ckpt.calibration is None:
+        raise InputError(f"{ckpt.name} holds no calibration images, which int8 needs: ask for float32 or float16")
+    return ckpt.calibration.detach().cpu().numpy().astype(np.float32)
 
 
 FLOAT16_TOLERANCE = 2e-2  # a float16 file against the float32 reference: rounding moves logits ~1e-3
@@ -153,7 +178,9 @@ def size(ckpt: Checkpoint, spec: FileSpec) -> int:
     state = {**ckpt.morph.fixed, **ckpt.morph.stats(spec.width, spec.samples)}
     state |= {name: torch.zeros(shape) for name, shape in shapes.items()}
     graph = ckpt.graph(spec.width)
-    return len(export.serialize(graph, export.served(graph, state), spec.format, spec.dtype, metadata(spec, ckpt)))
+    images = calibration_images(ckpt)[:1] if spec.dtype in export.QUANTIZED else None
+    weights = export.served(graph, state)
+    return len(export.serialize(graph, weights, spec.format, spec.dtype, metadata(spec, ckpt), images))
 
 
 def verify(ckpt: Checkpoint, spec: FileSpec, body: bytes, weights: export.Weights, probe: torch.Tensor) -> None:

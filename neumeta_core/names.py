@@ -7,4 +7,4 @@ from pathlib import Path
 
 CHECKPOINTS = Path(__file__).parent / "checkpoints"
 FORMATS = ("onnx", "safetensors")
-DTYPES = ("float32", "float16")
+DTYPES = ("float32", "float16", "int8")  # int8: ONNX only, quantised (export.quantize)

@@ -204,7 +204,7 @@ def _compare(args: argparse.Namespace) -> int:
 
 def _eval(args: argparse.Namespace) -> int:
     """Held-out accuracy of the served ONNX models, run with onnxruntime."""
-    from neumeta_core import checkpoint, data, export
+    from neumeta_core import checkpoint, data, export, files
     from neumeta_core.sampling import width_for
     from service.client import download
 
@@ -214,20 +214,26 @@ def _eval(args: argparse.Namespace) -> int:
     split = data.load(ckpt.target.dataset if ckpt else args.dataset, args.data_dir)
     x, y = split.x_test.numpy(), split.y_test.numpy()
     rows = []
+    dtypes = args.dtypes or ["float32"]
     for ratio in args.ratios or RATIOS:
-        if ckpt is None:
-            body, headers = download(args.url, {"ratio": f"{ratio}"}, os.environ.get("NEUMETA_API_KEY"))
-            width, params = int(headers["x-neumeta-width"]), int(headers["x-neumeta-params"])
-        else:
-            width = width_for(ratio, ckpt.target.max_width)
-            ckpt.morph.check_width(width)
-            body = export.to_onnx(ckpt.graph(width), ckpt.morph.state_dict(width))
-            params = ckpt.morph.param_count(width)
-        acc = export.accuracy(body, x, y)
-        rows.append({"ratio": ratio, "width": width, "params": params, "accuracy": round(acc, 2)})
-    print("| ratio | width h | parameters | held-out accuracy (%) |\n|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['ratio']:g} | {r['width']} | {r['params']:,} | {r['accuracy']:.2f} |")
+        for dtype in dtypes:
+            if ckpt is None:
+                asked = {"ratio": f"{ratio}", "dtype": dtype}
+                body, headers = download(args.url, asked, os.environ.get("NEUMETA_API_KEY"))
+                width, params = int(headers["x-neumeta-width"]), int(headers["x-neumeta-params"])
+            else:
+                width = width_for(ratio, ckpt.target.max_width)
+                ckpt.morph.check_width(width)
+                body = files.build(ckpt, files.spec_for(ckpt, width, dtype=dtype)).body
+                params = ckpt.morph.param_count(width)
+            acc = round(export.accuracy(body, x, y), 2)
+            rows.append({"ratio": ratio, "width": width, "params": params, "dtype": dtype, "bytes": len(body)})
+            rows[-1]["accuracy"] = acc
+    head = " | ".join(f"{d}: accuracy (%), bytes" for d in dtypes)
+    print(f"| ratio | width h | parameters | {head} |\n|---|---|---|{'---|' * len(dtypes)}")
+    for i in range(0, len(rows), len(dtypes)):
+        r, cells = rows[i], " | ".join(f"{q['accuracy']:.2f}, {q['bytes']:,}" for q in rows[i : i + len(dtypes)])
+        print(f"| {r['ratio']:g} | {r['width']} | {r['params']:,} | {cells} |")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
     return 0
@@ -415,6 +421,7 @@ def parser() -> argparse.ArgumentParser:
     ev.add_argument("--dataset", choices=DATASETS, default="digits", help="with --url: the data set to score on")
     ev.add_argument("--ratios", type=float, nargs="+", help=f"default {RATIOS}; with --baselines {GRID}")
     ev.add_argument("--json", type=Path, help="also write the table as JSON")
+    ev.add_argument("--dtypes", nargs="+", choices=names.DTYPES, help="the files' dtypes to score (default float32)")
     ev.add_argument("--baselines", action="store_true", help="compare with individually trained and L1-pruned nets")
     ev.add_argument("--widths", type=int, nargs="*", help="with --baselines: extra widths (default: unseen ones)")
     ev.add_argument("--samples", type=int, nargs="+", help="with --baselines: K values besides 1 and the default")

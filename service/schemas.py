@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from service.errors import BadRequest, InvalidRequest, UnsupportedMediaType
 
 Format = Literal["onnx", "safetensors"]
-DType = Literal["float32", "float16"]
+DType = Literal["float32", "float16", "int8"]
 SIZES = ("ratio", "width", "max_params", "max_bytes")
 BUDGET_MAX = 2**63 - 1  # a budget is a signed 64-bit integer: what every client can state
 
@@ -40,7 +40,10 @@ class ModelRequest(BaseModel):
     )
     model: str | None = Field(None, description="name of a loaded checkpoint (GET /models); default: the first")
     format: Format = Field("onnx", description="onnx (default) or safetensors (the state dict)")
-    dtype: DType = Field("float32", description="float32 (default) or float16 (weights stored in half precision)")
+    dtype: DType = Field(
+        "float32",
+        description="float32 (default), float16 (weights stored in half precision) or int8 (onnx only: quantised)",
+    )
 
     @property
     def sizes(self) -> list[str]:

@@ -77,6 +77,13 @@ class Synthesizer:
         """The checkpoint and integer width a request asks for, or InvalidRequest saying why not."""
         ckpt = self.checkpoint(req.model)
         t = ckpt.target
+        if req.dtype in export.QUANTIZED and req.format != "onnx":
+            raise InvalidRequest(f"dtype={req.dtype} is served as format=onnx only (quantised), not {req.format}")
+        if req.dtype in export.QUANTIZED and ckpt.calibration is None:
+            raise InvalidRequest(
+                f"dtype={req.dtype} needs calibration images, which {self.name(ckpt)} does not hold: ask for "
+                "float32 or float16"
+            )
         if req.ratio is not None:
             if not 0.0 <= req.ratio <= ratio_for(t.min_width, t.max_width):  # false for NaN too
                 raise InvalidRequest(f"ratio={req.ratio} is not supported. {self.ratio_hint(ckpt)}")

@@ -83,7 +83,7 @@ def test_safetensors_bytes_depend_on_the_tensors_and_metadata_only():
     for dtype in ("float32", "float16"):
         body = export.to_safetensors(a, meta, dtype)
         assert load(body).keys() == a.keys()
-        assert all(torch.equal(load(body)[k], v.to(export.DTYPES[dtype])) for k, v in a.items())
+        assert all(torch.equal(load(body)[k], v.to(export.TORCH_DTYPES[dtype])) for k, v in a.items())
     header_length = int.from_bytes(first[:8], "little")
     assert header_length % 8 == 0 and first[8:].startswith(b'{"__metadata__":{"neumeta.checkpoint"')
 

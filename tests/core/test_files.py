@@ -135,7 +135,9 @@ def _default_threads() -> int:
     return int(out.stdout)
 
 
-@pytest.mark.parametrize("fmt,dtype", [("onnx", "float32"), ("onnx", "float16"), ("safetensors", "float32")])
+@pytest.mark.parametrize(
+    "fmt,dtype", [("onnx", "float32"), ("onnx", "float16"), ("onnx", "int8"), ("safetensors", "float32")]
+)
 def test_a_files_size_is_known_from_its_spec_without_synthesis(bundled, fmt, dtype, monkeypatch):
     expected = {w: len(built(bundled, files.spec_for(bundled, w, fmt=fmt, dtype=dtype))) for w in (8, 9, 20, 32)}
 
@@ -146,3 +148,33 @@ def test_a_files_size_is_known_from_its_spec_without_synthesis(bundled, fmt, dty
     sizes = {w: files.size(bundled, files.spec_for(bundled, w, fmt=fmt, dtype=dtype)) for w in expected}
     assert sizes == expected
     assert sizes[8] < sizes[9] < sizes[20] < sizes[32]
+
+
+def test_int8_files_are_quantised_deterministically_smaller_and_agree_with_float32(bundled):
+    from neumeta_core import export
+
+    spec = files.spec_for(bundled, 24, dtype="int8")
+    body = built(bundled, spec)
+    assert body == built(bundled, spec)  # equal specs, equal bytes
+    full = built(bundled, files.spec_for(bundled, 24))
+    assert len(body) < len(full) / 2.5  # h = 24: int8 weights; scales, zero points, int32 biases and Q/DQ nodes on top
+    model = onnx.load_from_string(body)
+    kinds = {n.op_type for n in model.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= kinds
+    int8 = [t for t in model.graph.initializer if t.data_type == onnx.TensorProto.INT8]
+    assert sum(int(torch.tensor(t.dims).prod()) for t in int8) >= bundled.morph.param_count(24) * 0.9
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert json.loads(meta["neumeta.spec"]) == json.loads(spec.canonical)
+    images = files.calibration_images(bundled)
+    assert export.agreement(full, body, images) >= files.INT8_AGREEMENT
+    x = bundled.probe().numpy()
+    assert export.session(body).run(["logits"], {"input": x})[0].shape == (len(x), 10)
+
+
+def test_int8_is_onnx_only_and_needs_calibration_images(bundled, mlp_checkpoint):
+    with pytest.raises(InputError, match="dtype int8 is served as onnx only"):
+        files.spec_for(bundled, 24, fmt="safetensors", dtype="int8")
+    mlp = checkpoint.load(mlp_checkpoint)
+    assert mlp.calibration is None  # a network without BatchNorm keeps no images
+    with pytest.raises(InputError, match="holds no calibration images"):
+        built(mlp, files.spec_for(mlp, 8, dtype="int8"))

@@ -87,6 +87,17 @@ def test_max_bytes_picks_the_largest_file_that_fits_in_the_format_and_dtype_aske
     assert refused.status_code == 422 and f"give max_bytes >= {smallest}" in detail and f"{fmt} {dtype}" in detail
 
 
+def test_int8_is_served_as_quantised_onnx_and_refused_as_safetensors(client):
+    r = client.get("/models", params={"width": 16, "dtype": "int8"})
+    assert r.status_code == 200 and r.headers["content-disposition"].endswith('-w16-int8.onnx"')
+    full = client.get("/models", params={"width": 16})
+    assert len(r.content) < 0.6 * len(full.content) and r.headers["etag"] != full.headers["etag"]  # graph overhead
+    assert client.get("/models", params={"width": 16, "dtype": "int8"}).headers["x-neumeta-cache"] == "hit"
+    refused = client.get("/models", params={"width": 16, "dtype": "int8", "format": "safetensors"})
+    assert refused.status_code == 422 and "format=onnx only" in refused.json()["detail"]
+    assert "int8" in client.get("/models").json()[0]["dtypes"]
+
+
 @pytest.mark.parametrize("value", ["-5", "0", "ten", "1.5", "9" * 400])
 def test_bad_byte_budgets_are_422_with_the_valid_range(client, value):
     r = client.post(f"/models?max_bytes={value}")
@@ -123,7 +134,7 @@ def test_bad_ratio_is_a_422_naming_the_valid_range(client, query):
         ("width=1.5", None, "width='1.5' is not an integer"),
         ("ratio=0.5&format=tflite", None, "format='tflite' is not supported"),
         ("ratio=0.5&format=tflite", None, "format (onnx | safetensors)"),
-        ("ratio=0.5&dtype=int8", None, "dtype (float32 | float16)"),
+        ("ratio=0.5&dtype=int4", None, "dtype (float32 | float16 | int8)"),
         ("ratio=0.5", {"width": 16}, "either in the query string or in a JSON body"),
         ("", {"width": 16, "colour": "red"}, "unknown parameter 'colour'"),
         ("", {"ratio": "half"}, RANGE_HINT),

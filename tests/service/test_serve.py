@@ -57,10 +57,16 @@ def test_download_over_real_http(server, tmp_path):
 
 def test_eval_of_served_models_meets_the_accuracy_floor(server, tmp_path):
     out = tmp_path / "acc.json"
-    subprocess.run([str(BIN), "eval", "--url", server, "--json", str(out)], check=True, timeout=120)
-    rows = {r["ratio"]: r for r in json.loads(out.read_text())}
-    assert rows[0.0]["width"] == 32 and rows[0.0]["accuracy"] >= 97.0
-    assert rows[0.75]["width"] == 8 and rows[0.75]["accuracy"] >= 95.0
+    argv = [str(BIN), "eval", "--url", server, "--json", str(out), "--dtypes", "float32", "int8"]
+    subprocess.run(argv, check=True, timeout=300)
+    rows = {(r["ratio"], r["dtype"]): r for r in json.loads(out.read_text())}
+    assert rows[0.0, "float32"]["width"] == 32 and rows[0.0, "float32"]["accuracy"] >= 97.0
+    assert rows[0.75, "float32"]["width"] == 8 and rows[0.75, "float32"]["accuracy"] >= 95.0
+    for ratio in (0.0, 0.25, 0.5, 0.75):  # int8 files: the same widths, smaller, close in accuracy
+        full, int8 = rows[ratio, "float32"], rows[ratio, "int8"]
+        assert int8["width"] == full["width"] and int8["bytes"] < full["bytes"]
+        assert abs(int8["accuracy"] - full["accuracy"]) <= 2.0
+    assert rows[0.0, "int8"]["bytes"] < 0.4 * rows[0.0, "float32"]["bytes"]  # the weights dominate at h = 32
 
 
 def test_eval_against_a_server_that_refuses_or_is_not_there(server):
