@@ -7,6 +7,7 @@ works wherever GET does (service/middleware.py routes it as GET and sends the he
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response, Security
@@ -223,6 +224,7 @@ def list_models(synth: Synthesizer) -> list[ModelInfo]:
                 widths_allowed=WidthRange(min=t.min_width, max=t.max_width),
                 max_ratio=ratio_for(t.min_width, t.max_width),
                 params={w: ckpt.morph.param_count(w) for w in widths},
+                bytes=synth.listed_sizes(ckpt),
                 accuracy=ckpt.accuracy,
                 samples=synth.settings.samples or ckpt.morph.samples,
                 formats=list(export.FORMATS),
@@ -245,6 +247,16 @@ async def readyz(synth: Synth) -> Health:
     remote = synth.store.remote
     redis = "disabled" if remote is None else ("ok" if await remote.ping() else "degraded")
     return Health(status="ready", checkpoint=synth.checkpoint(None).digest, redis=redis)
+
+
+PAGE = (Path(__file__).parent / "page.html").read_bytes()
+
+
+@router.get("/", include_in_schema=False)
+async def page() -> Response:
+    """The page to see and choose sizes (service/page.html): one file, no assets from elsewhere; it reads
+    GET /models with the key it asks for when the service has keys, so the page itself needs none."""
+    return Response(PAGE, media_type="text/html; charset=utf-8", headers={"Cache-Control": "no-cache"})
 
 
 @router.get("/metrics", include_in_schema=False)

@@ -145,6 +145,7 @@ class ModelInfo(BaseModel):
     widths_allowed: WidthRange
     max_ratio: float
     params: dict[int, int]
+    bytes: dict[str, dict[int, int]]  # dtype -> width -> bytes of the ONNX file (float32, float16)
     accuracy: dict[int, float]
     samples: int
     formats: list[str]

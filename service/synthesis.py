@@ -238,6 +238,17 @@ class Synthesizer:
             served = list(range(ckpt.target.max_width, ckpt.target.min_width - 1, -1))
             samples = self.settings.samples or ckpt.morph.samples
             await asyncio.get_running_loop().run_in_executor(self._worker, ckpt.morph.prepare, served, samples)
+            await asyncio.get_running_loop().run_in_executor(self._worker, self.listed_sizes, ckpt)
+
+    def listed_sizes(self, ckpt: Checkpoint) -> dict[str, dict[int, int]]:
+        """Bytes of the ONNX file at every served width, per unquantised dtype (what GET /models lists; an int8
+        file's length takes a quantisation to know: HEAD its size request)."""
+        widths = range(ckpt.target.min_width, ckpt.target.max_width + 1)
+        return {
+            d: {w: self.file_size(ckpt, w, "onnx", d) for w in widths}
+            for d in export.DTYPES
+            if d not in export.QUANTIZED
+        }
 
     def close(self) -> None:
         self._worker.shutdown(wait=True, cancel_futures=True)
