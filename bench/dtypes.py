@@ -56,7 +56,7 @@ def main() -> int:
         ratio = int(r["float32_bytes"]) / int(r["int8_bytes"])  # type: ignore[call-overload]
         lines.append(
             f"| {r['ratio']:.3f} | {r['width']} | {r['params']:,} | " + " | ".join(cells) + f" | {cost:+.2f} pt, "
-            f"{ratio:.2f}× smaller |"
+            f"{ratio:.2f}x smaller |"
         )
     (args.out / "dtypes.md").write_text("\n".join(lines) + "\n")
     plot(rows, args.out / "dtypes.png", ckpt.name)
