@@ -379,7 +379,10 @@ def compare(
         if plan.slimmable:
             row["slimmable"] = plan.slimmable_result()["accuracy"][str(width)]
         rows.append(row)
-    times: dict[str, Any] = {"hypernetwork_seconds": ckpt.metadata.get("train_seconds")}
+    seconds = ckpt.metadata.get("train_seconds")
+    if seconds is not None:  # the teacher counts, whether it was trained inside train() or beside it (cached)
+        seconds += ckpt.metadata.get("teacher_seconds", 0.0)
+    times: dict[str, Any] = {"hypernetwork_seconds": seconds}
     if seeds:
         times["individual_seconds_per_seed"] = sum(r["individual_seconds"] for r in rows)
     if plan.slimmable:

@@ -70,6 +70,8 @@ def test_train_compare_serve_and_run_the_fashion_network(tiny_fashion, tmp_path)
     full = build_at(fashion, 8)  # the slimmable network stores its full-width parameters, BatchNorm unfolded
     assert table["storage"]["slimmable_bytes"] == 4 * sum(p.numel() for p in full.parameters())
     assert table["times"]["slimmable_seconds"] > 0
+    meta = ckpt.metadata  # the teacher was trained beside train() (cached): its time counts too
+    assert table["times"]["hypernetwork_seconds"] == pytest.approx(meta["train_seconds"] + meta["teacher_seconds"])
     assert "universally slimmable" in (results / "comparison.md").read_text()
     assert "4 trained" in first.stderr  # three individual runs and the slimmable one
     second = subprocess.run(compare, capture_output=True, text=True, timeout=600)
@@ -94,3 +96,36 @@ def test_train_compare_serve_and_run_the_fashion_network(tiny_fashion, tmp_path)
     with torch.no_grad():
         expected = model_at(ckpt, 4)(x).numpy()
     assert export.relative(got, expected) <= 1e-4
+
+
+def test_make_run_serves_the_fashion_bundle_first_and_the_digits_bundle_beside_it(monkeypatch):
+    """The default set (no NEUMETA_CHECKPOINTS: what `make run` serves): the Fashion-MNIST bundle is the default
+    model, its served range is what GET /models lists and what a 422 names, and a downloaded file scores on the
+    10,000 test images what the checkpoint's table says."""
+    from neumeta_core.builders import FASHION, SERVED
+
+    monkeypatch.delenv("NEUMETA_CHECKPOINTS", raising=False)
+    bundle = checkpoint.load(FASHION)
+    low, high = bundle.target.min_width, bundle.target.max_width
+    assert SERVED[0] == FASHION and low < bundle.target.train_min_width  # gamma 0.75 is below the trained range
+    with serving() as live:
+        models = httpx.get(f"{live.url}/models", timeout=30).json()
+        r = httpx.get(f"{live.url}/models", params={"ratio": 0.75}, timeout=120)
+        below = httpx.get(f"{live.url}/models", params={"width": low - 1}, timeout=30)
+        digits = httpx.get(f"{live.url}/models", params={"model": "digits_full", "ratio": 0.5}, timeout=120)
+    assert [m["name"] for m in models] == ["fashion", "digits_full"]
+    assert models[0]["dataset"] == "fashion-mnist" and models[0]["widths_allowed"] == {
+        "min": low,
+        "max": high,
+        "step": 1,
+    }
+    assert below.status_code == 422 and f"{low}..{high}" in below.json()["detail"]
+    assert r.status_code == 200 and r.headers["X-NeuMeta-Width"] == str(round(high * 0.25))
+    assert digits.status_code == 200 and digits.headers["X-NeuMeta-Width"] == "16"
+    split = data.load("idx", None)
+    session = export.session(r.content)
+    logits = np.concatenate(
+        [session.run(["logits"], {"input": split.x_test[i : i + 1000].numpy()})[0] for i in range(0, 10_000, 1000)]
+    )
+    served = 100.0 * float((logits.argmax(1) == split.y_test.numpy()).mean())
+    assert abs(served - bundle.accuracy[round(high * 0.25)]) <= 0.05  # the file is the checkpoint's network
