@@ -95,7 +95,7 @@ def file_headers(artifact: Artifact, cached: bool) -> dict[str, str]:
 async def size_answer(request: Request, synth: Synthesizer, params: dict[str, Any], query: bytes | None) -> Response:
     """The file a size request names, with the conditional rules of RFC 9110 (service/conditional.py)."""
     req = validate(params, synth.request_hint)
-    ckpt, width = synth.resolve(req)
+    ckpt, width = await synth.locate(req)
     artifact, cached = await synth.get(ckpt, synth.spec(ckpt, width, req.format, req.dtype), query)
     headers = file_headers(artifact, cached)
     h = request.headers

@@ -103,6 +103,13 @@ class Synthesizer:
             raise InvalidRequest(f"max_params={req.max_params} fits no width: the smallest model has {smallest}")
         return ckpt, max(fits)
 
+    async def locate(self, req: ModelRequest) -> tuple[Checkpoint, int]:
+        """`resolve` off the event loop where it may have to learn files' lengths (a byte budget: an int8 file's
+        length takes a quantisation), on the worker; at once otherwise."""
+        if req.max_bytes is None:
+            return self.resolve(req)
+        return await asyncio.get_running_loop().run_in_executor(self._worker, self.resolve, req)
+
     def _fitting_bytes(self, ckpt: Checkpoint, budget: int, fmt: str, dtype: str) -> int:
         """The largest served width whose file is at most `budget` bytes: bisection, since a file grows with
         its width."""
