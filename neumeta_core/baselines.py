@@ -32,6 +32,7 @@ from neumeta_core.checkpoint import Checkpoint
 from neumeta_core.config import TargetConfig, TrainConfig
 from neumeta_core.data import Split
 from neumeta_core.errors import InputError
+from neumeta_core.resume import Resumable
 from neumeta_core.sampling import ratio_for
 from neumeta_core.structure import build_at, load_builder
 from neumeta_core.train import accuracy, pretrain
@@ -86,12 +87,18 @@ def individual(
 
 
 def trained_alone(
-    ref: str, cfg: TrainConfig, split: Split, width: int, seed: int, progress: bool = True
+    ref: str,
+    cfg: TrainConfig,
+    split: Split,
+    width: int,
+    seed: int,
+    progress: bool = True,
+    resume: Resumable | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """The individual network itself, with its record."""
+    """The individual network itself, with its record; `resume`: a training run's state (the teacher's phase)."""
     torch.manual_seed(seed)  # the initial weights too
     started = time.perf_counter()
-    model = pretrain(load_builder(ref), replace(cfg, seed=seed), split, width, progress)
+    model = pretrain(load_builder(ref), replace(cfg, seed=seed), split, width, progress, resume)
     seconds = time.perf_counter() - started
     params = sum(p.numel() for p in model.parameters())
     acc = accuracy(model, split.x_test, split.y_test)
@@ -137,7 +144,12 @@ def identity(target: TargetConfig, cfg: TrainConfig, split: Split) -> dict[str, 
 
 
 def teacher(
-    target: TargetConfig, cfg: TrainConfig, split: Split, runs: Runs, progress: bool = True
+    target: TargetConfig,
+    cfg: TrainConfig,
+    split: Split,
+    runs: Runs,
+    progress: bool = True,
+    resume: Resumable | None = None,
 ) -> tuple[nn.Module, dict[str, Any], bool]:
     """The pretrained network at h_max, which is the individual baseline at h_max with the training seed (the
     same builder, recipe, seed and initial weights): loaded when the cache holds its weights, trained and
@@ -154,7 +166,7 @@ def teacher(
             pass  # damaged or from another network: trained again below
         else:
             return model.to(device).eval(), record["result"], True
-    model, result = trained_alone(target.model, cfg, split, width, cfg.seed, progress)
+    model, result = trained_alone(target.model, cfg, split, width, cfg.seed, progress, resume)
     runs.put_weights(name, model.state_dict())
     runs.put(name, what, result)
     return model, result, False

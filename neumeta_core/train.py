@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
@@ -31,6 +31,7 @@ from neumeta_core.data import Split
 from neumeta_core.export import Graph
 from neumeta_core.hypernet import HyperNetwork, ResidualMLP
 from neumeta_core.network import Shape, Structure, probe
+from neumeta_core.resume import Batches, Resumable, rng_state, set_rng_state
 from neumeta_core.sampling import MorphicNet
 from neumeta_core.structure import Builder, build_at, derive, load_builder
 
@@ -73,14 +74,9 @@ class TrainResult:
     dataset: str = ""  # what the data set is called (Split.name): digits, cifar10, an idx directory's name
 
 
-def batches(split: Split, batch_size: int, gen: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Endless shuffled, augmented training batches."""
-    batch_size = min(batch_size, len(split.y_train))
-    while True:
-        perm = torch.randperm(len(split.y_train), generator=gen)
-        for start in range(0, len(perm) - batch_size + 1, batch_size):
-            idx = perm[start : start + batch_size].to(split.y_train.device)
-            yield split.augment(split.x_train[idx], gen), split.y_train[idx]
+def batches(split: Split, batch_size: int, gen: torch.Generator) -> Batches:
+    """Endless shuffled, augmented training batches, their position resumable (neumeta_core.resume)."""
+    return Batches(split, batch_size, gen)
 
 
 @torch.no_grad()
@@ -116,24 +112,51 @@ def optimiser(cfg: TrainConfig, params: Iterable[nn.Parameter]) -> torch.optim.O
     return torch.optim.Adam(params, lr=cfg.pretrain_lr, weight_decay=cfg.pretrain_weight_decay)
 
 
-def pretrain(build: Builder, cfg: TrainConfig, split: Split, width: int, progress: bool = True) -> nn.Module:
+def pretrain(
+    build: Builder, cfg: TrainConfig, split: Split, width: int, progress: bool = True, resume: Resumable | None = None
+) -> nn.Module:
     """Train build(width) with a cosine schedule (in eval mode on return); the same recipe trains the
-    individually trained baselines. Runs where `split` lies."""
+    individually trained baselines. Runs where `split` lies. `resume`: the run's training state (the teacher's
+    phase, "pretrain")."""
     device = split.y_train.device
     model = build_at(build, width).to(device)
+    start, saved = resume.start("pretrain") if resume else (0, None)
+    if start < 0 and resume is not None:  # the saved run had trained the teacher: it is in the state
+        model.load_state_dict(resume.done["teacher"])
+        return model.eval()
     gen = torch.Generator().manual_seed(cfg.seed)
     steps = cfg.pretrain_epochs * max(len(split.y_train) // cfg.batch_size, 1)
     opt = optimiser(cfg, model.parameters())
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(steps, 1))
     data = batches(split, cfg.batch_size, gen)
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["opt"])
+        sched.load_state_dict(saved["sched"])
+        data.load_state_dict(saved["data"])
     model.train()
-    for _ in tqdm(range(steps), desc=f"pretrain h={width}", disable=not progress, mininterval=1.0):
+
+    def state() -> dict[str, Any]:
+        return {
+            "model": model.state_dict(),
+            "opt": opt.state_dict(),
+            "sched": sched.state_dict(),
+            "data": data.state_dict(),
+        }
+
+    bar = tqdm(range(start, steps), desc=f"pretrain h={width}", disable=not progress, mininterval=1.0)
+    for step in bar:
         x, y = next(data)
         loss = nn.functional.cross_entropy(model(x), y)
         opt.zero_grad()
         loss.backward()
         opt.step()
         sched.step()
+        bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+        if resume is not None:
+            resume.step("pretrain", step + 1, steps, state)
+    if resume is not None:
+        resume.done["teacher"] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     return model.eval()
 
 
@@ -239,12 +262,41 @@ class HypernetTrainer:
         state = {**self.fixed, **self.teacher, **shared, **weights}
         return {k: state[k] for k in self.keys[width]}
 
-    def warm_start(self, progress: bool) -> float:
+    def _saved(self, phase: str, resume: Resumable | None) -> tuple[int, dict[str, Any] | None]:
+        """Where `phase` starts (resume.start), with the trainer's own state restored when resuming in it."""
+        start, saved = resume.start(phase) if resume else (0, None)
+        if saved is not None:
+            self.hypernet.load_state_dict(saved["hypernet"])
+            for name, value in saved["shared"].items():
+                self.shared[name].data.copy_(value)
+            self.gen.set_state(saved["gen"])
+            set_rng_state(self.rng, saved["rng"])
+        return start, saved
+
+    def _own(self) -> dict[str, Any]:
+        return {
+            "hypernet": self.hypernet.state_dict(),
+            "shared": {k: v.detach() for k, v in self.shared.items()},
+            "gen": self.gen.get_state(),
+            "rng": rng_state(self.rng),
+        }
+
+    def warm_start(self, progress: bool, resume: Resumable | None = None) -> float:
+        start, saved = self._saved("warm", resume)
+        if start < 0 and resume is not None:
+            return float(resume.done["warm_loss"])
         opt = torch.optim.AdamW(self.hypernet.parameters(), lr=self.cfg.warm_lr, weight_decay=0.0)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(self.cfg.warm_steps, 1))
+        if saved is not None:
+            opt.load_state_dict(saved["opt"])
+            sched.load_state_dict(saved["sched"])
+
+        def state() -> dict[str, Any]:
+            return {**self._own(), "opt": opt.state_dict(), "sched": sched.state_dict()}
+
         loss = torch.zeros(())
-        bar = tqdm(range(self.cfg.warm_steps), desc="warm start", disable=not progress, mininterval=1.0)
-        for _ in bar:
+        bar = tqdm(range(start, self.cfg.warm_steps), desc="warm start", disable=not progress, mininterval=1.0)
+        for step in bar:
             width = self.rng.choice(self.widths)
             goal = resample(self.teacher, self.axes, self.structure.shapes(width))
             pred = self._generate(width)
@@ -254,6 +306,10 @@ class HypernetTrainer:
             opt.step()
             sched.step()
             bar.set_postfix(rel_mse=f"{loss.item():.4f}", refresh=False)
+            if resume is not None:
+                resume.step("warm", step + 1, self.cfg.warm_steps, state)
+        if resume is not None:
+            resume.done["warm_loss"] = loss.item()
         return loss.item()
 
     def _width(self, micro: int) -> int:
@@ -282,8 +338,33 @@ class HypernetTrainer:
             loss = loss + cfg.kd_weight * distillation(logits, target_logits, cfg.kd_temperature)
         return loss
 
-    def task(self, split: Split, progress: bool) -> AveragedModel:
+    def _phase_state(
+        self, opt: torch.optim.Optimizer, sched: Any, ema: AveragedModel, data: Batches
+    ) -> Callable[[], dict[str, Any]]:
+        def state() -> dict[str, Any]:
+            return {
+                **self._own(),
+                "opt": opt.state_dict(),
+                "sched": sched.state_dict(),
+                "ema": ema.state_dict(),
+                "data": data.state_dict(),
+            }
+
+        return state
+
+    @staticmethod
+    def _restore(
+        saved: dict[str, Any] | None, opt: torch.optim.Optimizer, sched: Any, ema: AveragedModel, data: Batches
+    ) -> None:
+        if saved is not None:
+            opt.load_state_dict(saved["opt"])
+            sched.load_state_dict(saved["sched"])
+            ema.load_state_dict(saved["ema"])
+            data.load_state_dict(saved["data"])
+
+    def task(self, split: Split, progress: bool, resume: Resumable | None = None) -> AveragedModel:
         cfg = self.cfg
+        start, saved = self._saved("task", resume)
         ema = AveragedModel(self.hypernet, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay))
         groups: list[dict[str, Any]] = [
             {"params": list(self.hypernet.parameters()), "lr": cfg.lr, "weight_decay": cfg.weight_decay}
@@ -293,7 +374,9 @@ class HypernetTrainer:
         opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(cfg.steps, 1))
         data = batches(split, cfg.batch_size, self.gen)
-        bar = tqdm(range(cfg.steps), desc="hypernet", disable=not progress, mininterval=1.0)
+        self._restore(saved, opt, sched, ema, data)
+        state = self._phase_state(opt, sched, ema, data)
+        bar = tqdm(range(start, cfg.steps), desc="hypernet", disable=not progress, mininterval=1.0)
         for step in bar:
             self.done = step / max(cfg.steps, 1)
             opt.zero_grad()
@@ -307,14 +390,17 @@ class HypernetTrainer:
             sched.step()
             ema.update_parameters(self.hypernet)
             bar.set_postfix(loss=f"{loss.item():.3f}", h=width, refresh=False)
+            if resume is not None:
+                resume.step("task", step + 1, cfg.steps, state)
         return ema
 
-    def slim(self, split: Split, progress: bool) -> AveragedModel:
+    def slim(self, split: Split, progress: bool, resume: Resumable | None = None) -> AveragedModel:
         """The universally slimmable recipe for `slim_epochs` epochs: every batch at h_max (cross-entropy), at the
         smallest trained width and at two random trained widths (cross-entropy against h_max's detached
         predictions: in-place distillation), one optimiser step for the four; AdamW, cosine schedule, EMA. The
         grids are not decayed."""
         cfg, high = self.cfg, self.target.max_width
+        start, saved = self._saved("task", resume)
         grids = set(map(id, self.hypernet.grids.parameters()))
         rest = [p for p in self.hypernet.parameters() if id(p) not in grids]
         opt = torch.optim.AdamW(
@@ -328,7 +414,9 @@ class HypernetTrainer:
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
         ema = AveragedModel(self.hypernet, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay))
         data = batches(split, cfg.batch_size, self.gen)
-        bar = tqdm(range(steps), desc="hypernet (sandwich)", disable=not progress, mininterval=1.0)
+        self._restore(saved, opt, sched, ema, data)
+        state = self._phase_state(opt, sched, ema, data)
+        bar = tqdm(range(start, steps), desc="hypernet (sandwich)", disable=not progress, mininterval=1.0)
         for step in bar:
             self.done = step / steps
             x, y = next(data)
@@ -345,6 +433,8 @@ class HypernetTrainer:
             sched.step()
             ema.update_parameters(self.hypernet)
             bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+            if resume is not None:
+                resume.step("task", step + 1, steps, state)
         return ema
 
     def final_fixed(self) -> dict[str, torch.Tensor]:
@@ -362,6 +452,7 @@ def train(
     progress: bool = True,
     device: str | torch.device = "cpu",
     teacher: nn.Module | None = None,
+    resume: Resumable | None = None,
 ) -> TrainResult:
     """The whole recipe on `device` (a CUDA GPU where there is one); the result's tensors stay there. `teacher`:
     build(h_max) already pretrained with this recipe and seed (neumeta_core.baselines.teacher caches it)."""
@@ -370,15 +461,15 @@ def train(
     started = time.time()
     split = split.to(device)
     if teacher is None:
-        teacher = pretrain(net.build, cfg, split, target.max_width, progress)
+        teacher = pretrain(net.build, cfg, split, target.max_width, progress, resume)
     teacher = teacher.to(device).eval()
     teacher_acc = accuracy(teacher, split.x_test, split.y_test)
     torch.manual_seed(cfg.seed + 1)  # the hypernetwork's initial weights: the same, cached teacher or not
     groups = {"all": net.structure.groups, "hidden": net.structure.hidden_groups(), "none": {}}[cfg.permute]
     smoothing = permute.smooth(dict(teacher.state_dict()), groups)
     trainer = HypernetTrainer(target, hyper, cfg, net, smoothing.state, device)
-    warm_loss = trainer.warm_start(progress)
-    ema = trainer.slim(split, progress) if cfg.slim_epochs > 0 else trainer.task(split, progress)
+    warm_loss = trainer.warm_start(progress, resume)
+    ema = trainer.slim(split, progress, resume) if cfg.slim_epochs > 0 else trainer.task(split, progress, resume)
     trainer.hypernet.load_state_dict(ema.module.state_dict())
     calibration = None
     if net.structure.statistics:

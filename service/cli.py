@@ -70,24 +70,35 @@ def _train(args: argparse.Namespace) -> int:
     net = network(target, split.input_shape, split.classes)  # refused here, before any training
     hyper = replace(hyper, **{k: getattr(args, k) for k in HYPER_FLAGS if getattr(args, k) is not None})
     hyper = replace(hyper, output_dim=max(hyper.output_dim, kernel_size(net.structure, target.max_width)))
-    print(
-        f"training {target.model} on {split.name} {split.input_shape} ({split.classes} classes), {device}: "
-        f"{len(net.structure.generated)} tensors generated, {len(net.structure.groups)} channel groups",
-        file=sys.stderr,
-    )
+    from neumeta_core import baselines
+    from neumeta_core.resume import Resumable, state_path
+
     teacher, note, cached = None, "", False
     record: dict[str, Any] = {}
-    if not args.no_cache:  # the teacher is the individual baseline at h_max: trained once per recipe and seed
-        from neumeta_core import baselines
-
-        runs = baselines.Runs(args.cache or baselines.default_cache())
-        split = split.to(device)  # once: train() finds it there
-        teacher, record, cached = baselines.teacher(target, cfg, split, runs)
-        note = f", teacher {'from' if cached else 'trained in'} {record['seconds']} s, cached in {runs.root}"
-    result = train(target, hyper, cfg, split, net, device=device, teacher=teacher)
-    if teacher is not None:
-        result.metadata.update(teacher_seconds=record["seconds"], teacher_cached=cached)
-    digest = checkpoint.save(args.out, result, cfg)
+    split = split.to(device)  # once: train() finds it there
+    identity = {
+        "target": target.to_dict(),
+        "hyper": hyper.to_dict(),
+        "train": cfg.to_dict(),
+        "data": baselines.data_digest(split),
+        "builder": baselines.source_digest(target.model),
+        "device": str(device),
+    }
+    with Resumable(state_path(args.out), identity, args.save_every, args.resume) as resume:  # a bad state: refused
+        print(
+            f"training {target.model} on {split.name} {split.input_shape} ({split.classes} classes), {device}: "
+            f"{len(net.structure.generated)} tensors generated, {len(net.structure.groups)} channel groups",
+            file=sys.stderr,
+        )
+        if not args.no_cache:  # the teacher is the individual baseline at h_max: trained once per recipe and seed
+            runs = baselines.Runs(args.cache or baselines.default_cache())
+            teacher, record, cached = baselines.teacher(target, cfg, split, runs, resume=resume)
+            note = f", teacher {'from' if cached else 'trained in'} {record['seconds']} s, cached in {runs.root}"
+        result = train(target, hyper, cfg, split, net, device=device, teacher=teacher, resume=resume)
+        if teacher is not None:
+            result.metadata.update(teacher_seconds=record["seconds"], teacher_cached=cached)
+        digest = checkpoint.save(args.out, result, cfg)
+        resume.finish()
     print(f"teacher accuracy {result.teacher_accuracy:.2f}%  ({result.metadata['train_seconds']} s{note})")
     for width, acc in result.accuracy.items():
         print(f"  h={width:3d}  gamma={ratio_for(width, result.morph.target.max_width):.4g}  acc={acc:.2f}%")
@@ -400,6 +411,10 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest for this small model)")
     t.add_argument("--cache", type=Path, help="where the teacher is kept (default ~/.cache/neumeta/baselines)")
     t.add_argument("--no-cache", action="store_true", help="train the teacher again and keep nothing")
+    t.add_argument(
+        "--save-every", type=positive, default=500, help="steps between training states (OUT.train-state; default 500)"
+    )
+    t.add_argument("--resume", action="store_true", help="continue from OUT.train-state, where a run stopped")
     t.set_defaults(run=_train)
 
     for name, helptext, run in (("sample", "write one ONNX model", _sample), ("eval", "accuracy table", _eval)):
