@@ -1,6 +1,6 @@
-"""`neumeta train` survives: killed with SIGKILL in the middle of a phase, `--resume` continues from the last
-training state and ends bitwise where a run that was never stopped ends (CPU, same seed); SIGTERM saves and
-stops; a damaged or foreign state is refused in one line."""
+"""`neumeta train` survives: killed with SIGKILL or stopped by SIGTERM in the middle of a phase, `--resume`
+continues from the last training state and ends bitwise where a run that was never stopped ends (CPU, same
+seed); a damaged or foreign state is refused in one line."""
 
 from __future__ import annotations
 
@@ -43,12 +43,13 @@ def phase_of(path) -> tuple[str, int] | None:
     return state["phase"], int(state["step"])
 
 
-def start_and_stop(out, phase: str, how: signal.Signals) -> tuple[int, str]:
-    """A run stopped with `how` once its saved state is inside `phase` (past its first save): its exit status
-    and its stderr."""
+def start_and_stop(out, phase: str, how: signal.Signals, resume: bool = False) -> tuple[int, str]:
+    """A run (resumed, with `resume`) stopped with `how` once its saved state is inside `phase` (past its first
+    save there): its exit status and its stderr."""
     log = out.with_name("stderr.txt")
+    argv = [str(BIN), "train", *TINY, "--out", str(out), *(["--resume"] if resume else [])]
     with open(log, "w") as err:
-        proc = subprocess.Popen([str(BIN), "train", *TINY, "--out", str(out)], stdout=subprocess.DEVNULL, stderr=err)
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err)
     seen = None
     while proc.poll() is None:
         seen = phase_of(state_path(out)) if state_path(out).exists() else None
@@ -61,11 +62,18 @@ def start_and_stop(out, phase: str, how: signal.Signals) -> tuple[int, str]:
     return proc.returncode, log.read_text()
 
 
-@pytest.mark.parametrize("phase", ["pretrain", "warm", "task"])
-def test_kill_9_then_resume_is_bitwise_the_uninterrupted_run(uninterrupted, tmp_path, phase):
+def test_stopped_in_every_phase_and_resumed_each_time_the_run_is_bitwise_the_uninterrupted_one(uninterrupted, tmp_path):
+    """SIGKILL in the teacher's phase, SIGTERM in the warm start (saved, with a message and status 143), SIGKILL in
+    the task phase, each followed by --resume: the hypernetwork, its table and its permutation are the ones of
+    the run that was never stopped."""
     out = tmp_path / "run.pt"
-    status, _ = start_and_stop(out, phase, signal.SIGKILL)
+    status, _ = start_and_stop(out, "pretrain", signal.SIGKILL)
     assert status == -signal.SIGKILL and not out.exists() and state_path(out).exists()
+    status, stderr = start_and_stop(out, "warm", signal.SIGTERM, resume=True)
+    assert status == 128 + signal.SIGTERM
+    assert "stopped by SIGTERM at warm step" in stderr and "--resume" in stderr
+    status, _ = start_and_stop(out, "task", signal.SIGKILL, resume=True)
+    assert status == -signal.SIGKILL and not out.exists()
     resumed = subprocess.run(
         [str(BIN), "train", *TINY, "--out", str(out), "--resume"], capture_output=True, text=True, timeout=900
     )
@@ -74,20 +82,7 @@ def test_kill_9_then_resume_is_bitwise_the_uninterrupted_run(uninterrupted, tmp_
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     first, again = checkpoint.load(uninterrupted), checkpoint.load(out)
     assert first.accuracy == again.accuracy and first.permutation == again.permutation
-    assert not state_path(out).exists()
-
-
-def test_sigterm_saves_the_state_and_stops_with_a_message(uninterrupted, tmp_path):
-    out = tmp_path / "run.pt"
-    status, stderr = start_and_stop(out, "task", signal.SIGTERM)
-    assert status == 128 + signal.SIGTERM
-    assert "stopped by SIGTERM at task step" in stderr and "--resume" in stderr
-    resumed = subprocess.run(
-        [str(BIN), "train", *TINY, "--out", str(out), "--resume"], capture_output=True, text=True, timeout=900
-    )
-    assert resumed.returncode == 0, resumed.stderr
-    a, b = hypernet(uninterrupted), hypernet(out)
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not state_path(out).exists()  # a finished run deletes its state
 
 
 def test_a_damaged_missing_or_foreign_state_is_refused_in_one_line(tmp_path):
