@@ -34,7 +34,7 @@ OUTPUT = "logits"
 OPSET = 17
 IR_VERSION = 8  # readable by onnxruntime >= 1.10 on edge devices
 
-VERSION = "neumeta-export/4"  # part of every cache key: bump when the bytes of a file change
+VERSION = "neumeta-export/5"  # part of every cache key: bump when the bytes of a file change
 FORMATS = names.FORMATS
 DTYPES = names.DTYPES
 TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16}  # what safetensors files store
@@ -211,9 +211,13 @@ def verify_weights(body: bytes, weights: Weights, dtype: str) -> float:
     )
 
 
-def session(onnx_bytes: bytes) -> ort.InferenceSession:
+def session(onnx_bytes: bytes, optimise: bool = True) -> ort.InferenceSession:
+    """An onnxruntime session on one CPU thread; `optimise=False`: only the basic graph optimisations, for a file
+    run once on a few images (the full set takes longer to apply than such a run takes)."""
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
+    if not optimise:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     return ort.InferenceSession(onnx_bytes, opts, providers=["CPUExecutionProvider"])
 
 

@@ -168,6 +168,12 @@ def calibration_images(ckpt: Checkpoint) -> np.ndarray:
     return ckpt.calibration.detach().cpu().numpy().astype(np.float32)
 
 
+# the probe images a file is checked on before it is served: 2 of the checkpoint's 8 random images, in a session
+# with onnxruntime's basic graph optimisations only; 0.5 ms at h = 8 and 1.0 ms at h = 32 of the Fashion bundle, where
+# 8 images in a fully optimised session took 1.2 and 2.4 (bench/cold_synthesis.py). A weight out of place moves
+# the logits of any random image.
+VERIFY_IMAGES = 2
+
 FLOAT16_TOLERANCE = 2e-2  # a float16 file against the float32 reference: rounding moves logits ~1e-3
 
 
@@ -196,8 +202,10 @@ def verify(ckpt: Checkpoint, spec: FileSpec, body: bytes, weights: export.Weight
     else:
         stored = ckpt.reference.get(spec.samples, {}) if spec.precision == "float32" else {}
         reference = stored.get(spec.width)
-        logits = export.session(body).run([export.OUTPUT], {export.INPUT: probe.cpu().numpy()})[0]
-        if reference is not None and len(reference) == len(logits):
+        images = probe[:VERIFY_IMAGES].cpu().numpy()
+        logits = export.session(body, optimise=False).run([export.OUTPUT], {export.INPUT: images})[0]
+        if reference is not None and len(reference) >= len(logits):
+            reference = reference[: len(logits)]
             error = export.relative(logits, reference)
             tolerance = FLOAT16_TOLERANCE if spec.dtype == "float16" else export.TOLERANCE
         else:

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Sequence
-from typing import cast
 
 import torch
 from torch import nn
@@ -13,9 +11,9 @@ from torch import nn
 from neumeta_core.config import HyperNetConfig
 from neumeta_core.coords import encoded_dim, fourier, normalise, raw_coordinates
 from neumeta_core.network import Shape
+from neumeta_core.plan import Plan, Stacked, stack
 
 PRECISIONS = ("float32", "tf32", "bfloat16")
-Stacked = tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor]  # per layer (weight, bias); scales
 
 
 def set_precision(precision: str) -> None:
@@ -154,18 +152,16 @@ class HyperNetwork(nn.Module):
         generator: torch.Generator | None = None,
         precision: str = "float32",
         lattice: bool = False,
-        inputs: tuple[torch.Tensor, list[int]] | None = None,
+        plan: Plan | None = None,
         cache: dict[tuple[int, ...], Stacked] | None = None,
     ) -> list[torch.Tensor]:
-        """What forward() returns for every tensor, evaluated in groups: tensors with the same number
-        of queries (conv_a and conv_b's weights, their biases) run their MLPs together as batched
-        matmuls, so a synthesis launches a few large kernels instead of a few per tensor. The
-        coordinates of all tensors go to the device in one copy; nothing waits for the device until
-        the caller reads the result. `precision`: "float32", "tf32" (CUDA matmuls in TF32) or
-        "bfloat16" (the MLPs under bf16 autocast; outputs averaged in float32). `inputs`: what
-        `inputs()` returns for the same arguments, computed once and reused (MorphicNet keeps them per width);
-        `cache`: where the stacked weights of each group are kept between calls (the caller's, for weights that
-        no longer change: a served checkpoint's).
+        """What forward() returns for every tensor (up to float rounding), run as a `Plan` lays it out: tensors
+        of one query grid batched, the first layer separable where the K sets allow, rows in tiles. Nothing
+        waits for the device until the caller reads the result. `precision`: "float32", "tf32" (CUDA matmuls in
+        TF32) or "bfloat16" (the MLPs' arithmetic in bf16; outputs averaged in float32). `plan`: the same
+        arguments' plan, made once and reused (MorphicNet keeps one per width); `cache`: where the stacked
+        weights of each group are kept between calls (the caller's, for weights that no longer change: a
+        served checkpoint's).
         """
         self._check(shapes)
         if precision not in PRECISIONS:
@@ -173,64 +169,19 @@ class HyperNetwork(nn.Module):
         device = next(self.parameters()).device
         if device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32 != (precision == "tf32"):
             raise RuntimeError(f"CUDA matmuls are not set up for {precision}: call set_precision({precision!r}) first")
-        x_all, counts = inputs or self.inputs(shapes, samples, noise, generator, lattice)
-        starts = [0, *itertools.accumulate(counts)]
-        groups: dict[int, list[int]] = {}
-        for t, count in enumerate(counts):
-            groups.setdefault(count, []).append(t)
-        out: list[torch.Tensor | None] = [None] * len(shapes)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bfloat16"):
-            for members in groups.values():
-                x = torch.stack([x_all[starts[t] : starts[t + 1]] for t in members])  # (G, K*Q, P)
-                key = tuple(members)
-                weights = None if cache is None else cache.get(key)
-                if weights is None:
-                    weights = self.stacked(members)
-                    if cache is not None:
-                        cache[key] = weights
-                y = self._grouped_mlp(members, x, weights).float()
-                for g, t in enumerate(members):
-                    out[t] = self.assemble(y[g], shapes[t], samples)
-        return [self._plus_base(tensor, t) for t, tensor in enumerate(out) if tensor is not None]  # float32
-
-    @torch.no_grad()
-    def inputs(
-        self,
-        shapes: Sequence[Shape],
-        samples: int = 1,
-        noise: float = 0.0,
-        generator: torch.Generator | None = None,
-        lattice: bool = False,
-    ) -> tuple[torch.Tensor, list[int]]:
-        """The encoded inputs of every tensor's queries, concatenated on the hypernetwork's device (one copy),
-        and the number of rows of each tensor."""
-        device = next(self.parameters()).device
-        raw = [self.coordinates(shapes, t, samples, noise, generator, lattice) for t in range(len(shapes))]
-        flat = torch.cat(raw)
-        flat = flat.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else flat.to(device)
-        return self.features(flat), [r.shape[0] for r in raw]
-
-    def stacked(self, members: list[int]) -> Stacked:
-        """The weights of the MLPs of tensors `members`, stacked for batched matmuls: per layer (G, in, out)
-        and (G, 1, out), and the residual scales (G, L-1, 1, 1)."""
-        mlps = [cast(ResidualMLP, self.mlps[t]) for t in members]
-        layers = [[m.inp for m in mlps]]
-        layers += [[cast(nn.Linear, m.hidden[i]) for m in mlps] for i in range(len(mlps[0].hidden))]
-        layers += [[m.out for m in mlps]]
-        weights = [
-            (torch.stack([x.weight for x in group]).transpose(1, 2), torch.stack([x.bias for x in group])[:, None, :])
-            for group in layers
-        ]
-        return weights, torch.stack([m.scales for m in mlps])[:, :, None, None]
-
-    def _grouped_mlp(self, members: list[int], x: torch.Tensor, stacked: Stacked | None = None) -> torch.Tensor:
-        """The MLPs of tensors `members` on their inputs x (G, R, P) at once: (G, R, output_dim)."""
-        weights, scales = stacked or self.stacked(members)
-        z = nn.functional.elu(torch.baddbmm(weights[0][1], x, weights[0][0]), inplace=True)
-        for layer, (weight, bias) in enumerate(weights[1:-1]):
-            update = nn.functional.elu(torch.baddbmm(bias, z, weight), inplace=True)
-            z = z + scales[:, layer] * update
-        return torch.baddbmm(weights[-1][1], z, weights[-1][0])
+        plan = plan or Plan(self, shapes, samples, noise, generator, lattice)
+        dtype = torch.bfloat16 if precision == "bfloat16" else torch.float32
+        weights = []
+        for group in plan.groups:
+            key = (*group.members, dtype.itemsize)
+            stacked = None if cache is None else cache.get(key)
+            if stacked is None:
+                stacked = stack(self, group.members, dtype)
+                if cache is not None:
+                    cache[key] = stacked
+            weights.append(stacked)
+        means = plan.run(weights, dtype)
+        return [plan.with_base(t, _to_tensor(y, shape)) for t, (y, shape) in enumerate(zip(means, shapes, strict=True))]
 
     @staticmethod
     def assemble(y: torch.Tensor, shape: Shape, samples: int) -> torch.Tensor:

@@ -14,12 +14,12 @@ import torch
 from neumeta_core.config import TargetConfig
 from neumeta_core.errors import InputError
 from neumeta_core.export import Graph
-from neumeta_core.hypernet import HyperNetwork, Stacked
+from neumeta_core.hypernet import HyperNetwork
 from neumeta_core.network import Shape, Structure
+from neumeta_core.plan import Plan, Stacked
 
-INPUT_CACHE_BYTES = (
-    128 << 20
-)  # encoded hypernetwork inputs kept per (width, K): 60 MB for every served width of the bundle
+PLAN_CACHE_BYTES = 128 << 20  # the encoded inputs of the plans kept per (width, K): 2.2 MB for every served
+# width of the Fashion-MNIST bundle (separable: S0 + S1 rows per set), 60 MB where every query is encoded
 
 
 def width_for(ratio: float, max_width: int) -> int:
@@ -71,7 +71,7 @@ class MorphicNet:
         self.noise = noise
         self.seed = seed
         self.lattice = lattice  # the K weight sets on a lattice over each weight's noise cell (not random)
-        self._inputs: OrderedDict[tuple[int, int], tuple[torch.Tensor, list[int]]] = OrderedDict()
+        self._plans: OrderedDict[tuple[int, int], Plan] = OrderedDict()
         self._lock = threading.Lock()
         self._stacked: dict[tuple[int, ...], Stacked] = {}  # the hypernetwork's weights stacked per group: fixed
 
@@ -113,38 +113,36 @@ class MorphicNet:
         self.check_width(width)
         k = self.samples if samples is None else samples
         shapes = self.shapes(width)
-        inputs = self.inputs(width, k)
-        tensors = self.hypernet.synthesize(
-            list(shapes.values()), k, precision=precision, inputs=inputs, cache=self._stacked
-        )
+        plan, cache = self.plan(width, k), self._stacked
+        tensors = self.hypernet.synthesize(list(shapes.values()), k, precision=precision, plan=plan, cache=cache)
         return dict(zip(shapes, tensors, strict=True))
 
-    def inputs(self, width: int, samples: int) -> tuple[torch.Tensor, list[int]]:
-        """The hypernetwork's encoded inputs at `width` with K = `samples`: the same for every synthesis (the
-        noise comes from a fixed seed), so computed once and kept, least recently used first out, within
-        INPUT_CACHE_BYTES."""
+    def plan(self, width: int, samples: int) -> Plan:
+        """The synthesis plan at `width` with K = `samples` (its encoded inputs, groups, tiles and grid parts): the
+        same for every synthesis (the noise comes from a fixed seed), so made once and kept, least recently used
+        first out, within PLAN_CACHE_BYTES."""
         key = (width, samples)
         with self._lock:
-            if key in self._inputs:
-                self._inputs.move_to_end(key)
-                return self._inputs[key]
+            if key in self._plans:
+                self._plans.move_to_end(key)
+                return self._plans[key]
         gen = torch.Generator().manual_seed(self.seed)
         noise = self.noise if samples > 1 else 0.0
-        made = self.hypernet.inputs(list(self.shapes(width).values()), samples, noise, gen, self.lattice)
+        made = Plan(self.hypernet, list(self.shapes(width).values()), samples, noise, gen, self.lattice)
         with self._lock:
-            self._inputs[key] = made
-            while self.inputs_bytes() > INPUT_CACHE_BYTES and len(self._inputs) > 1:
-                self._inputs.popitem(last=False)
+            self._plans[key] = made
+            while self.plans_bytes() > PLAN_CACHE_BYTES and len(self._plans) > 1:
+                self._plans.popitem(last=False)
         return made
 
-    def inputs_bytes(self) -> int:
-        return sum(x.numel() * x.element_size() for x, _ in self._inputs.values())
+    def plans_bytes(self) -> int:
+        return sum(p.nbytes() for p in self._plans.values())
 
     def prepare(self, widths: list[int], samples: int | None = None) -> None:
-        """Encode the inputs of `widths` ahead of the first request, while they fit in INPUT_CACHE_BYTES."""
+        """Make the plans of `widths` ahead of the first request, while they fit in PLAN_CACHE_BYTES."""
         for width in widths:
-            self.inputs(width, self.samples if samples is None else samples)
-            if self.inputs_bytes() >= INPUT_CACHE_BYTES:
+            self.plan(width, self.samples if samples is None else samples)
+            if self.plans_bytes() >= PLAN_CACHE_BYTES:
                 break
 
     def state_dict(self, width: int, precision: str = "float32", samples: int | None = None) -> dict[str, torch.Tensor]:

@@ -53,7 +53,7 @@ def test_sample_with_a_size_out_of_range_is_one_line_and_status_2(argv, says, tm
     assert err == f"neumeta sample: {says}\n" and not out.exists()
 
 
-def test_encoded_inputs_are_kept_per_width_and_give_the_same_weights(bundled, monkeypatch):
+def test_plans_are_kept_per_width_and_give_the_same_weights(bundled, monkeypatch):
     from neumeta_core import sampling
 
     morph = bundled.morph
@@ -62,8 +62,8 @@ def test_encoded_inputs_are_kept_per_width_and_give_the_same_weights(bundled, mo
     direct = morph.hypernet.synthesize(shapes, morph.samples, morph.noise, gen, lattice=morph.lattice)
     cached = morph.generate(13)
     assert all(torch.equal(a, b) for a, b in zip(direct, cached.values(), strict=True))
-    assert morph.inputs(13, morph.samples) is morph.inputs(13, morph.samples)  # computed once
-    one = morph.inputs(9, 1)[0]
-    monkeypatch.setattr(sampling, "INPUT_CACHE_BYTES", one.numel() * one.element_size())
-    morph.inputs(10, 1)  # over the budget: the least recently used go first
-    assert (10, 1) in morph._inputs and (13, morph.samples) not in morph._inputs
+    assert morph.plan(13, morph.samples) is morph.plan(13, morph.samples)  # made once
+    one = morph.plan(9, 1).nbytes()
+    monkeypatch.setattr(sampling, "PLAN_CACHE_BYTES", one)
+    morph.plan(10, 1)  # over the budget: the least recently used go first
+    assert (10, 1) in morph._plans and (13, morph.samples) not in morph._plans
