@@ -13,6 +13,9 @@ from collections.abc import Sequence
 import torch
 
 from neumeta_core.network import Shape
+from neumeta_core.numerics import warm
+
+warm()  # before any vectorised exp, sin or cos: neumeta_core/numerics.py
 
 
 def raw_coordinates(shapes: Sequence[Shape], tensor: int) -> torch.Tensor:

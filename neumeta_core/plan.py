@@ -27,6 +27,9 @@ from torch import nn
 if TYPE_CHECKING:
     from neumeta_core.hypernet import HyperNetwork
 from neumeta_core.network import Shape
+from neumeta_core.numerics import warm
+
+warm()  # before any vectorised exp, sin or cos: neumeta_core/numerics.py
 
 TILE = 4096  # rows per tile on the CPU: 2 MB of activations at 128 hidden units (bench/cold_synthesis.py)
 
