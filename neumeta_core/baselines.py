@@ -31,7 +31,9 @@ from neumeta_core import data, export, slimmable
 from neumeta_core.checkpoint import Checkpoint
 from neumeta_core.config import TargetConfig, TrainConfig
 from neumeta_core.data import Split
+from neumeta_core.distributed import SINGLE, World
 from neumeta_core.errors import InputError
+from neumeta_core.progress import Progress
 from neumeta_core.resume import Resumable
 from neumeta_core.sampling import ratio_for
 from neumeta_core.structure import build_at, load_builder
@@ -92,13 +94,15 @@ def trained_alone(
     split: Split,
     width: int,
     seed: int,
-    progress: bool = True,
+    progress: Progress | bool = True,
     resume: Resumable | None = None,
+    world: World = SINGLE,
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """The individual network itself, with its record; `resume`: a training run's state (the teacher's phase)."""
+    """The individual network itself, with its record; `resume`: a training run's state (the teacher's phase);
+    `world`: the ranks that share its batches."""
     torch.manual_seed(seed)  # the initial weights too
     started = time.perf_counter()
-    model = pretrain(load_builder(ref), replace(cfg, seed=seed), split, width, progress, resume)
+    model = pretrain(load_builder(ref), replace(cfg, seed=seed), split, width, progress, resume, world)
     seconds = time.perf_counter() - started
     params = sum(p.numel() for p in model.parameters())
     acc = accuracy(model, split.x_test, split.y_test)
@@ -148,13 +152,14 @@ def teacher(
     cfg: TrainConfig,
     split: Split,
     runs: Runs,
-    progress: bool = True,
+    progress: Progress | bool = True,
     resume: Resumable | None = None,
+    world: World = SINGLE,
 ) -> tuple[nn.Module, dict[str, Any], bool]:
     """The pretrained network at h_max, which is the individual baseline at h_max with the training seed (the
     same builder, recipe, seed and initial weights): loaded when the cache holds its weights, trained and
-    cached otherwise, record and weights both. Returns the network (in eval mode, where `split` lies), its
-    record (accuracy, seconds, parameters) and whether it came from the cache."""
+    cached otherwise (by rank 0 of a data-parallel run), record and weights both. Returns the network (in eval
+    mode, where `split` lies), its record (accuracy, seconds, parameters) and whether it came from the cache."""
     width, device = target.max_width, split.y_train.device
     name, what = runs.key("individual", {**identity(target, cfg, split), "seed": cfg.seed, "width": width})
     record = runs.get(name)
@@ -166,9 +171,10 @@ def teacher(
             pass  # damaged or from another network: trained again below
         else:
             return model.to(device).eval(), record["result"], True
-    model, result = trained_alone(target.model, cfg, split, width, cfg.seed, progress, resume)
-    runs.put_weights(name, model.state_dict())
-    runs.put(name, what, result)
+    model, result = trained_alone(target.model, cfg, split, width, cfg.seed, progress, resume, world)
+    if world.main:
+        runs.put_weights(name, model.state_dict())
+        runs.put(name, what, result)
     return model, result, False
 
 

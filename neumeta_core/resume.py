@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from neumeta_core.data import Split
+from neumeta_core.distributed import SINGLE, World
 from neumeta_core.errors import InputError
 
 FORMAT = "neumeta-train-state/1"
@@ -31,10 +32,12 @@ EVERY = 500  # steps between saves unless --save-every says otherwise
 
 class Batches:
     """Endless shuffled, augmented training batches whose position can be saved and restored: the epoch's
-    permutation, the next batch's index in it, and the generator (which the augmentation draws from too)."""
+    permutation, the next batch's index in it, and the generator (which the augmentation draws from too). Every
+    rank of a data-parallel run draws and augments the same global batch and keeps its shard (`world`), so the
+    generator's state is the same on every rank and in a one-process run."""
 
-    def __init__(self, split: Split, batch_size: int, gen: torch.Generator) -> None:
-        self.split, self.gen = split, gen
+    def __init__(self, split: Split, batch_size: int, gen: torch.Generator, world: World = SINGLE) -> None:
+        self.split, self.gen, self.world = split, gen, world
         self.size = min(batch_size, len(split.y_train))
         self.perm: torch.Tensor | None = None
         self.pos = 0
@@ -48,7 +51,7 @@ class Batches:
             self.perm, self.pos = torch.randperm(n, generator=self.gen), 0
         idx = self.perm[self.pos : self.pos + self.size].to(self.split.y_train.device)
         self.pos += self.size
-        return self.split.augment(self.split.x_train[idx], self.gen), self.split.y_train[idx]
+        return self.world.shard(self.split.augment(self.split.x_train[idx], self.gen), self.split.y_train[idx])
 
     def state_dict(self) -> dict[str, Any]:
         return {"perm": self.perm, "pos": self.pos, "gen": self.gen.get_state()}
@@ -67,8 +70,10 @@ class Resumable:
     """The training state of one run: saved every `every` steps and when SIGTERM arrives (then the run stops
     with a message saying how to resume); `saved`, the state read back with --resume."""
 
-    def __init__(self, path: Path, identity: dict[str, Any], every: int = EVERY, resume: bool = False) -> None:
-        self.path, self.identity, self.every = path, identity, max(1, every)
+    def __init__(
+        self, path: Path, identity: dict[str, Any], every: int = EVERY, resume: bool = False, world: World = SINGLE
+    ) -> None:
+        self.path, self.identity, self.every, self.world = path, identity, max(1, every), world
         self.done: dict[str, Any] = {}  # what finished phases leave to the later ones (the teacher)
         self.saved: dict[str, Any] | None = self._read() if resume else None
         if self.saved is not None:
@@ -109,15 +114,18 @@ class Resumable:
 
     def step(self, phase: str, step: int, total: int, state: Callable[[], dict[str, Any]]) -> None:
         """Called after step `step` (1-based) of `phase`: the state is written every `every` steps and on
-        SIGTERM, after which the run stops (exit status 143)."""
-        if self.stop or (step % self.every == 0 and step < total):
+        SIGTERM, after which the run stops (exit status 143). The ranks of a data-parallel run agree on the stop:
+        a signal that reached any rank stops every rank after the same step, and rank 0 writes the state."""
+        stop = self.world.any(self.stop)
+        if self.world.main and (stop or (step % self.every == 0 and step < total)):
             self.write(phase, step, state())
-        if self.stop:
-            print(
-                f"neumeta train: stopped by SIGTERM at {phase} step {step}/{total}; the state is in {self.path}: "
-                "run the same command with --resume to continue",
-                file=sys.stderr,
-            )
+        if stop:
+            if self.world.main:
+                print(
+                    f"neumeta train: stopped by SIGTERM at {phase} step {step}/{total}; the state is in {self.path}: "
+                    "run the same command with --resume to continue",
+                    file=sys.stderr,
+                )
             sys.exit(128 + signal.SIGTERM)
 
     def write(self, phase: str, step: int, state: dict[str, Any]) -> None:
@@ -135,7 +143,8 @@ class Resumable:
 
     def finish(self) -> None:
         """The run is complete: its state is of no further use."""
-        self.path.unlink(missing_ok=True)
+        if self.world.main:
+            self.path.unlink(missing_ok=True)
 
     def __enter__(self) -> Resumable:
         def requested(signum: int, frame: FrameType | None) -> None:

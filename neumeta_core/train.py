@@ -28,9 +28,11 @@ from tqdm import tqdm
 from neumeta_core import permute
 from neumeta_core.config import HyperNetConfig, TargetConfig, TrainConfig
 from neumeta_core.data import Split
+from neumeta_core.distributed import SINGLE, World
 from neumeta_core.export import Graph
 from neumeta_core.hypernet import HyperNetwork, ResidualMLP
 from neumeta_core.network import Shape, Structure, probe
+from neumeta_core.progress import Progress, shown
 from neumeta_core.resume import Batches, Resumable, rng_state, set_rng_state
 from neumeta_core.sampling import MorphicNet
 from neumeta_core.structure import Builder, build_at, derive, load_builder
@@ -39,6 +41,14 @@ if TYPE_CHECKING:
     from neumeta_core.checkpoint import Checkpoint
 
 CALIBRATION_BYTES = 3 << 20  # training images kept in a checkpoint whose network has BatchNorm: at most 512, 3 MB
+PROBE_IMAGES = 512  # held-out images the progress reports score the probe width on
+
+
+def reporter(progress: Progress | bool, world: World) -> Progress:
+    """Where this process reports: nowhere but on the main rank (the others keep its pace: the loss reported is
+    averaged over the ranks at the same steps)."""
+    progress = shown(progress)
+    return progress if world.main else Progress(show=False, every=progress.every)
 
 
 @dataclass(frozen=True)
@@ -74,9 +84,10 @@ class TrainResult:
     dataset: str = ""  # what the data set is called (Split.name): digits, cifar10, an idx directory's name
 
 
-def batches(split: Split, batch_size: int, gen: torch.Generator) -> Batches:
-    """Endless shuffled, augmented training batches, their position resumable (neumeta_core.resume)."""
-    return Batches(split, batch_size, gen)
+def batches(split: Split, batch_size: int, gen: torch.Generator, world: World = SINGLE) -> Batches:
+    """Endless shuffled, augmented training batches (this rank's shard of each), their position resumable
+    (neumeta_core.resume)."""
+    return Batches(split, batch_size, gen, world)
 
 
 @torch.no_grad()
@@ -113,11 +124,17 @@ def optimiser(cfg: TrainConfig, params: Iterable[nn.Parameter]) -> torch.optim.O
 
 
 def pretrain(
-    build: Builder, cfg: TrainConfig, split: Split, width: int, progress: bool = True, resume: Resumable | None = None
+    build: Builder,
+    cfg: TrainConfig,
+    split: Split,
+    width: int,
+    progress: Progress | bool = True,
+    resume: Resumable | None = None,
+    world: World = SINGLE,
 ) -> nn.Module:
     """Train build(width) with a cosine schedule (in eval mode on return); the same recipe trains the
     individually trained baselines. Runs where `split` lies. `resume`: the run's training state (the teacher's
-    phase, "pretrain")."""
+    phase, "pretrain"); `world`: the ranks that share each batch (neumeta_core.distributed)."""
     device = split.y_train.device
     model = build_at(build, width).to(device)
     start, saved = resume.start("pretrain") if resume else (0, None)
@@ -128,13 +145,14 @@ def pretrain(
     steps = cfg.pretrain_epochs * max(len(split.y_train) // cfg.batch_size, 1)
     opt = optimiser(cfg, model.parameters())
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(steps, 1))
-    data = batches(split, cfg.batch_size, gen)
+    data = batches(split, cfg.batch_size, gen, world)
     if saved is not None:
         model.load_state_dict(saved["model"])
         opt.load_state_dict(saved["opt"])
         sched.load_state_dict(saved["sched"])
         data.load_state_dict(saved["data"])
     model.train()
+    engine = world.wrap(model)
 
     def state() -> dict[str, Any]:
         return {
@@ -144,17 +162,23 @@ def pretrain(
             "data": data.state_dict(),
         }
 
-    bar = tqdm(range(start, steps), desc=f"pretrain h={width}", disable=not progress, mininterval=1.0)
-    for step in bar:
+    def probe() -> float:
+        score = accuracy(model, split.x_test[:PROBE_IMAGES], split.y_test[:PROBE_IMAGES])
+        model.train()
+        return score
+
+    bar = reporter(progress, world).phase(f"pretrain h={width}", start, steps, world)
+    for step in range(start, steps):
         x, y = next(data)
-        loss = nn.functional.cross_entropy(model(x), y)
+        loss = nn.functional.cross_entropy(engine(x), y)
         opt.zero_grad()
         loss.backward()
         opt.step()
         sched.step()
-        bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+        bar.step(step + 1, loss, width, probe)
         if resume is not None:
             resume.step("pretrain", step + 1, steps, state)
+    bar.close()
     if resume is not None:
         resume.done["teacher"] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     return model.eval()
@@ -194,6 +218,18 @@ def _weighted_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (w * (pred - target) ** 2).mean()
 
 
+class Generating(nn.Module):
+    """What the hypernetwork phases train, as one module (the unit DDP averages gradients over): the hypernetwork
+    and the shared tensors; forward makes the generated tensors at `shapes` with one noisy coordinate set."""
+
+    def __init__(self, hypernet: HyperNetwork, shared: nn.ParameterDict) -> None:
+        super().__init__()
+        self.hypernet, self.shared = hypernet, shared
+
+    def forward(self, shapes: list[Shape], noise: float, generator: torch.Generator) -> list[torch.Tensor]:
+        return self.hypernet(shapes, 1, noise, generator)
+
+
 class HypernetTrainer:
     """Fits one hypernetwork to a smoothed teacher: the generated tensors at random widths, the rest fixed
     (or, with `fixed_lr`, trained too and shared by every width)."""
@@ -206,8 +242,9 @@ class HypernetTrainer:
         net: Network,
         teacher: dict[str, torch.Tensor],
         device: str | torch.device = "cpu",
+        world: World = SINGLE,
     ) -> None:
-        self.target, self.cfg, self.device = target, cfg, torch.device(device)
+        self.target, self.cfg, self.device, self.world = target, cfg, torch.device(device), world
         self.net, self.structure = net, net.structure
         teacher = {k: v.to(self.device) for k, v in teacher.items()}
         self.axes = self.structure.axes()
@@ -234,6 +271,8 @@ class HypernetTrainer:
         self.rng = random.Random(cfg.seed)
         self.done = 0.0  # the fraction of the task phase done: what the coordinate noise's schedule follows
         self.models = {h: build_at(net.build, h).to(self.device) for h in self.widths}
+        # what the task phases differentiate, through DDP where there are several ranks (`engage`)
+        self.engine: nn.Module = Generating(self.hypernet, self.shared)
         # what _state hands each model: its parameters (BatchNorm uses batch statistics in training)
         self.keys = {h: [name for name, _ in m.named_parameters()] for h, m in self.models.items()}
 
@@ -243,8 +282,25 @@ class HypernetTrainer:
 
     def _generate(self, width: int, noise: bool = True) -> dict[str, torch.Tensor]:
         shapes = list(self.structure.shapes(width).values())
-        tensors = self.hypernet(shapes, 1, self.noise(width) if noise else 0.0, self.gen)
+        tensors = self.engine(shapes, self.noise(width) if noise else 0.0, self.gen)
         return dict(zip(self.names, tensors, strict=True))
+
+    def engage(self) -> None:
+        """The task phases' engine: wrapped for data parallelism (the ranks' hypernetworks, equal after the warm
+        start, are made identical by DDP's broadcast from rank 0)."""
+        self.engine = self.world.wrap(Generating(self.hypernet, self.shared))
+
+    @torch.no_grad()
+    def probe(self, split: Split) -> float:
+        """Held-out accuracy (%) at the smallest trained width, clean coordinates, BatchNorm with the statistics
+        its training batches left: what the progress reports show (no random draws, nothing changed)."""
+        width = min(self.widths)
+        shapes = list(self.structure.shapes(width).values())
+        weights = dict(zip(self.names, self.hypernet(shapes), strict=True))
+        model = self.models[width].eval()
+        logits = functional_call(model, self._state(weights, width), (split.x_test[:PROBE_IMAGES],))
+        model.train()
+        return 100.0 * float((logits.argmax(dim=1) == split.y_test[:PROBE_IMAGES]).float().mean())
 
     def noise(self, width: int) -> float:
         """Coordinate noise at `width`, in channel-index units: constant, or with `noise_inverse` the
@@ -281,7 +337,8 @@ class HypernetTrainer:
             "rng": rng_state(self.rng),
         }
 
-    def warm_start(self, progress: bool, resume: Resumable | None = None) -> float:
+    def warm_start(self, progress: Progress | bool, resume: Resumable | None = None) -> float:
+        """Fit the hypernetwork to the teacher resampled to random widths. No data: every rank does the same."""
         start, saved = self._saved("warm", resume)
         if start < 0 and resume is not None:
             return float(resume.done["warm_loss"])
@@ -295,8 +352,8 @@ class HypernetTrainer:
             return {**self._own(), "opt": opt.state_dict(), "sched": sched.state_dict()}
 
         loss = torch.zeros(())
-        bar = tqdm(range(start, self.cfg.warm_steps), desc="warm start", disable=not progress, mininterval=1.0)
-        for step in bar:
+        bar = reporter(progress, self.world).phase("warm start", start, self.cfg.warm_steps, self.world)
+        for step in range(start, self.cfg.warm_steps):
             width = self.rng.choice(self.widths)
             goal = resample(self.teacher, self.axes, self.structure.shapes(width))
             pred = self._generate(width)
@@ -305,9 +362,10 @@ class HypernetTrainer:
             loss.backward()
             opt.step()
             sched.step()
-            bar.set_postfix(rel_mse=f"{loss.item():.4f}", refresh=False)
+            bar.step(step + 1, loss, width)
             if resume is not None:
                 resume.step("warm", step + 1, self.cfg.warm_steps, state)
+        bar.close()
         if resume is not None:
             resume.done["warm_loss"] = loss.item()
         return loss.item()
@@ -362,9 +420,10 @@ class HypernetTrainer:
             ema.load_state_dict(saved["ema"])
             data.load_state_dict(saved["data"])
 
-    def task(self, split: Split, progress: bool, resume: Resumable | None = None) -> AveragedModel:
+    def task(self, split: Split, progress: Progress | bool, resume: Resumable | None = None) -> AveragedModel:
         cfg = self.cfg
         start, saved = self._saved("task", resume)
+        self.engage()
         ema = AveragedModel(self.hypernet, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay))
         groups: list[dict[str, Any]] = [
             {"params": list(self.hypernet.parameters()), "lr": cfg.lr, "weight_decay": cfg.weight_decay}
@@ -373,34 +432,37 @@ class HypernetTrainer:
             groups.append({"params": list(self.shared.values()), "lr": cfg.fixed_lr, "weight_decay": 0.0})
         opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(cfg.steps, 1))
-        data = batches(split, cfg.batch_size, self.gen)
+        data = batches(split, cfg.batch_size, self.gen, self.world)
         self._restore(saved, opt, sched, ema, data)
         state = self._phase_state(opt, sched, ema, data)
-        bar = tqdm(range(start, cfg.steps), desc="hypernet", disable=not progress, mininterval=1.0)
-        for step in bar:
+        bar = reporter(progress, self.world).phase("hypernet", start, cfg.steps, self.world)
+        for step in range(start, cfg.steps):
             self.done = step / max(cfg.steps, 1)
             opt.zero_grad()
             for micro in range(cfg.accumulation):
                 x, y = next(data)
                 width = self._width(micro)
-                loss = self._loss(x, y, width) / cfg.accumulation
-                loss.backward()
+                with self.world.accumulating(self.engine, last=micro == cfg.accumulation - 1):
+                    loss = self._loss(x, y, width) / cfg.accumulation
+                    loss.backward()
             nn.utils.clip_grad_value_(self.hypernet.parameters(), cfg.grad_clip)
             opt.step()
             sched.step()
             ema.update_parameters(self.hypernet)
-            bar.set_postfix(loss=f"{loss.item():.3f}", h=width, refresh=False)
+            bar.step(step + 1, loss * cfg.accumulation, width, lambda: self.probe(split))
             if resume is not None:
                 resume.step("task", step + 1, cfg.steps, state)
+        bar.close()
         return ema
 
-    def slim(self, split: Split, progress: bool, resume: Resumable | None = None) -> AveragedModel:
+    def slim(self, split: Split, progress: Progress | bool, resume: Resumable | None = None) -> AveragedModel:
         """The universally slimmable recipe for `slim_epochs` epochs: every batch at h_max (cross-entropy), at the
         smallest trained width and at two random trained widths (cross-entropy against h_max's detached
         predictions: in-place distillation), one optimiser step for the four; AdamW, cosine schedule, EMA. The
         grids are not decayed."""
         cfg, high = self.cfg, self.target.max_width
         start, saved = self._saved("task", resume)
+        self.engage()
         grids = set(map(id, self.hypernet.grids.parameters()))
         rest = [p for p in self.hypernet.parameters() if id(p) not in grids]
         opt = torch.optim.AdamW(
@@ -413,28 +475,32 @@ class HypernetTrainer:
         steps = max(1, round(cfg.slim_epochs * max(len(split.y_train) // cfg.batch_size, 1)))
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
         ema = AveragedModel(self.hypernet, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay))
-        data = batches(split, cfg.batch_size, self.gen)
+        data = batches(split, cfg.batch_size, self.gen, self.world)
         self._restore(saved, opt, sched, ema, data)
         state = self._phase_state(opt, sched, ema, data)
-        bar = tqdm(range(start, steps), desc="hypernet (sandwich)", disable=not progress, mininterval=1.0)
-        for step in bar:
+        bar = reporter(progress, self.world).phase("hypernet (sandwich)", start, steps, self.world)
+        for step in range(start, steps):
             self.done = step / steps
             x, y = next(data)
             opt.zero_grad()
-            logits = functional_call(self.models[high], self._state(self._generate(high), high), (x,))
-            loss = nn.functional.cross_entropy(logits, y)
-            loss.backward()
+            with self.world.accumulating(self.engine, last=False):
+                logits = functional_call(self.models[high], self._state(self._generate(high), high), (x,))
+                loss = nn.functional.cross_entropy(logits, y)
+                loss.backward()
             soft = nn.functional.softmax(logits.detach(), dim=1)
-            for width in (min(self.widths), self.rng.choice(self.widths), self.rng.choice(self.widths)):
-                out = functional_call(self.models[width], self._state(self._generate(width), width), (x,))
-                (-(soft * nn.functional.log_softmax(out, dim=1)).sum(dim=1).mean()).backward()
+            others = (min(self.widths), self.rng.choice(self.widths), self.rng.choice(self.widths))
+            for n, width in enumerate(others):
+                with self.world.accumulating(self.engine, last=n == len(others) - 1):
+                    out = functional_call(self.models[width], self._state(self._generate(width), width), (x,))
+                    (-(soft * nn.functional.log_softmax(out, dim=1)).sum(dim=1).mean()).backward()
             nn.utils.clip_grad_value_(self.hypernet.parameters(), cfg.grad_clip)
             opt.step()
             sched.step()
             ema.update_parameters(self.hypernet)
-            bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+            bar.step(step + 1, loss, high, lambda: self.probe(split))
             if resume is not None:
                 resume.step("task", step + 1, steps, state)
+        bar.close()
         return ema
 
     def final_fixed(self) -> dict[str, torch.Tensor]:
@@ -443,34 +509,58 @@ class HypernetTrainer:
         return {**self.fixed, **shared}
 
 
-def train(
+@dataclass
+class Fitted:
+    """What the training phases leave: the trainer (its hypernetwork at the EMA's weights), the smoothing of the
+    teacher, and what the evaluation reports of them."""
+
+    net: Network
+    trainer: HypernetTrainer
+    smoothing: permute.Smoothing
+    teacher_accuracy: float
+    warm_loss: float
+    started: float
+
+
+def fit(
     target: TargetConfig,
     hyper: HyperNetConfig,
     cfg: TrainConfig,
     split: Split,
     net: Network | None = None,
-    progress: bool = True,
+    progress: Progress | bool = True,
     device: str | torch.device = "cpu",
     teacher: nn.Module | None = None,
     resume: Resumable | None = None,
-) -> TrainResult:
-    """The whole recipe on `device` (a CUDA GPU where there is one); the result's tensors stay there. `teacher`:
-    build(h_max) already pretrained with this recipe and seed (neumeta_core.baselines.teacher caches it)."""
+    world: World = SINGLE,
+) -> Fitted:
+    """The recipe's training phases on `device` (a CUDA GPU where there is one), on every rank of `world`.
+    `teacher`: build(h_max) already pretrained with this recipe and seed (neumeta_core.baselines.teacher caches
+    it)."""
     net = net or network(target, split.input_shape, split.classes)
     torch.manual_seed(cfg.seed)
     started = time.time()
     split = split.to(device)
     if teacher is None:
-        teacher = pretrain(net.build, cfg, split, target.max_width, progress, resume)
+        teacher = pretrain(net.build, cfg, split, target.max_width, progress, resume, world)
     teacher = teacher.to(device).eval()
     teacher_acc = accuracy(teacher, split.x_test, split.y_test)
     torch.manual_seed(cfg.seed + 1)  # the hypernetwork's initial weights: the same, cached teacher or not
     groups = {"all": net.structure.groups, "hidden": net.structure.hidden_groups(), "none": {}}[cfg.permute]
     smoothing = permute.smooth(dict(teacher.state_dict()), groups)
-    trainer = HypernetTrainer(target, hyper, cfg, net, smoothing.state, device)
+    trainer = HypernetTrainer(target, hyper, cfg, net, smoothing.state, device, world)
     warm_loss = trainer.warm_start(progress, resume)
     ema = trainer.slim(split, progress, resume) if cfg.slim_epochs > 0 else trainer.task(split, progress, resume)
     trainer.hypernet.load_state_dict(ema.module.state_dict())
+    return Fitted(net, trainer, smoothing, teacher_acc, warm_loss, started)
+
+
+def evaluate(fitted: Fitted, split: Split, progress: Progress | bool = True) -> TrainResult:
+    """The trained hypernetwork as a checkpoint's contents: the BatchNorm statistics and reference logits of every
+    stored width, the accuracy table, the metadata (one process: rank 0 of a data-parallel run)."""
+    net, trainer, smoothing = fitted.net, fitted.trainer, fitted.smoothing
+    target, cfg = trainer.target, trainer.cfg
+    split = split.to(trainer.device)
     calibration = None
     if net.structure.statistics:
         count = min(512, len(split.y_train), max(64, CALIBRATION_BYTES // (4 * math.prod(split.input_shape))))
@@ -487,16 +577,16 @@ def train(
         cfg.seed,
         lattice=cfg.quadrature == "lattice",
     )
-    reference = measure(morph, net.build, calibration, progress)
+    reference = measure(morph, net.build, calibration, shown(progress).show)
     table = {
         h: accuracy(synthesize(morph, net.build, h), split.x_test, split.y_test) for h in evaluation_widths(target)
     }
     meta = {
-        "teacher_accuracy": teacher_acc,
+        "teacher_accuracy": fitted.teacher_accuracy,
         "total_variation": {g: {"before": b, "after": a} for g, (b, a) in smoothing.total_variation.items()},
         "unpermuted_groups": net.unpermuted,
-        "warm_start_rel_mse": warm_loss,
-        "train_seconds": round(time.time() - started, 1),
+        "warm_start_rel_mse": fitted.warm_loss,
+        "train_seconds": round(time.time() - fitted.started, 1),
         "torch": str(torch.__version__),
     }
     shared_before = {
@@ -508,7 +598,7 @@ def train(
         morph,
         smoothing.orders,
         teacher_tensors,
-        teacher_acc,
+        fitted.teacher_accuracy,
         table,
         reference,
         calibration,
@@ -516,6 +606,21 @@ def train(
         meta,
         split.name,
     )
+
+
+def train(
+    target: TargetConfig,
+    hyper: HyperNetConfig,
+    cfg: TrainConfig,
+    split: Split,
+    net: Network | None = None,
+    progress: Progress | bool = True,
+    device: str | torch.device = "cpu",
+    teacher: nn.Module | None = None,
+    resume: Resumable | None = None,
+) -> TrainResult:
+    """The whole recipe in one process: fit, then evaluate; the result's tensors stay on `device`."""
+    return evaluate(fit(target, hyper, cfg, split, net, progress, device, teacher, resume), split, progress)
 
 
 @torch.no_grad()

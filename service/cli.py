@@ -40,19 +40,13 @@ TRAIN_FLAGS = (
 )  # fmt: skip
 
 
-def _train(args: argparse.Namespace) -> int:
-    import torch
-
-    from neumeta_core import checkpoint, data
+def _recipe(args: argparse.Namespace) -> tuple[Any, Any, Any, Any, Any]:
+    """The run's configs, its data set and its network, checked (InputError, one line) before any training."""
+    from neumeta_core import data
     from neumeta_core.config import presets
-    from neumeta_core.sampling import ratio_for
     from neumeta_core.structure import kernel_size
-    from neumeta_core.train import network, train
+    from neumeta_core.train import network
 
-    torch.set_num_threads(args.threads)
-    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise InputError("--device cuda, but no CUDA device is available (--device auto uses the CPU then)")
     target, hyper, cfg = presets(args.model)
     target = replace(target, **{k: getattr(args, k) for k in TARGET_FLAGS if getattr(args, k) is not None})
     if args.generate is not None:
@@ -66,44 +60,121 @@ def _train(args: argparse.Namespace) -> int:
     if args.noise is not None:
         overrides["coord_noise"] = args.noise
     cfg = replace(cfg, **overrides)
+    if cfg.batch_size % args.nproc:
+        raise InputError(
+            f"--batch-size {cfg.batch_size} does not split into {args.nproc} equal shards: give a multiple of "
+            f"{args.nproc} (the batch is the global one, each process takes its share)"
+        )
     split = data.load(target.dataset, args.data_dir)
     net = network(target, split.input_shape, split.classes)  # refused here, before any training
     hyper = replace(hyper, **{k: getattr(args, k) for k in HYPER_FLAGS if getattr(args, k) is not None})
     hyper = replace(hyper, output_dim=max(hyper.output_dim, kernel_size(net.structure, target.max_width)))
+    return target, hyper, cfg, split, net
+
+
+def _train(args: argparse.Namespace) -> int:
+    import torch
+
+    from neumeta_core import checkpoint, distributed
+    from neumeta_core.sampling import ratio_for
+    from neumeta_core.train import evaluate, fit
+
+    if distributed.launched():  # under torchrun: its process count
+        args.nproc = int(os.environ["WORLD_SIZE"])
+    torch.set_num_threads(args.threads)
+    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda, but no CUDA device is available (--device auto uses the CPU then)")
+    target, hyper, cfg, split, net = _recipe(args)
     from neumeta_core import baselines
+    from neumeta_core.progress import Progress
     from neumeta_core.resume import Resumable, state_path
 
     teacher, note, cached = None, "", False
     record: dict[str, Any] = {}
-    split = split.to(device)  # once: train() finds it there
     identity = {
         "target": target.to_dict(),
         "hyper": hyper.to_dict(),
         "train": cfg.to_dict(),
         "data": baselines.data_digest(split),
         "builder": baselines.source_digest(target.model),
-        "device": str(device),
+        "device": device,
     }
-    with Resumable(state_path(args.out), identity, args.save_every, args.resume) as resume:  # a bad state: refused
-        print(
-            f"training {target.model} on {split.name} {split.input_shape} ({split.classes} classes), {device}: "
-            f"{len(net.structure.generated)} tensors generated, {len(net.structure.groups)} channel groups",
-            file=sys.stderr,
-        )
-        if not args.no_cache:  # the teacher is the individual baseline at h_max: trained once per recipe and seed
-            runs = baselines.Runs(args.cache or baselines.default_cache())
-            teacher, record, cached = baselines.teacher(target, cfg, split, runs, resume=resume)
-            note = f", teacher {'from' if cached else 'trained in'} {record['seconds']} s, cached in {runs.root}"
-        result = train(target, hyper, cfg, split, net, device=device, teacher=teacher, resume=resume)
-        if teacher is not None:
-            result.metadata.update(teacher_seconds=record["seconds"], teacher_cached=cached)
-        digest = checkpoint.save(args.out, result, cfg)
-        resume.finish()
+    resuming = args.resume or (args.auto_resume and state_path(args.out).exists())
+    if args.nproc > 1 and not distributed.launched():
+        if resuming:
+            Resumable(state_path(args.out), identity, args.save_every, resume=True)  # a bad state: refused here
+        return _torchrun(args.nproc, args.argv)
+    with distributed.joined(device) as world:
+        split = split.to(world.device)  # once: training finds it there
+        log = args.log or args.out.with_name(args.out.name + ".log.jsonl")
+        progress = Progress(show=world.main, log=log if world.main else None, every=args.log_every, append=resuming)
+        with Resumable(state_path(args.out), identity, args.save_every, resuming, world) as resume:  # bad: refused
+            if world.main and resume.saved is not None:
+                print(
+                    f"resuming from {resume.path}: {resume.saved['phase']} step {resume.saved['step']}", file=sys.stderr
+                )
+            if world.main:
+                print(
+                    f"training {target.model} on {split.name} {split.input_shape} ({split.classes} classes), "
+                    f"{world.device}{f' x {world.size} processes' if world.size > 1 else ''}: "
+                    f"{len(net.structure.generated)} tensors generated, {len(net.structure.groups)} channel groups",
+                    file=sys.stderr,
+                )
+            if not args.no_cache:  # the teacher is the individual baseline at h_max: trained once per recipe and seed
+                runs = baselines.Runs(args.cache or baselines.default_cache())
+                teacher, record, cached = baselines.teacher(target, cfg, split, runs, progress, resume, world)
+                note = f", teacher {'from' if cached else 'trained in'} {record['seconds']} s, cached in {runs.root}"
+            fitted = fit(target, hyper, cfg, split, net, progress, world.device, teacher, resume, world)
+            if not world.main:
+                return 0
+            result = evaluate(fitted, split, progress)
+            if teacher is not None:
+                result.metadata.update(teacher_seconds=record["seconds"], teacher_cached=cached)
+            result.metadata["processes"] = world.size
+            digest = checkpoint.save(args.out, result, cfg)
+            resume.finish()
+        progress.close()
     print(f"teacher accuracy {result.teacher_accuracy:.2f}%  ({result.metadata['train_seconds']} s{note})")
     for width, acc in result.accuracy.items():
         print(f"  h={width:3d}  gamma={ratio_for(width, result.morph.target.max_width):.4g}  acc={acc:.2f}%")
-    print(f"wrote {args.out}  sha256 {digest}")
+    print(f"wrote {args.out}  sha256 {digest}; its training log: {log}")
     return 0
+
+
+def _torchrun(nproc: int, argv: list[str]) -> int:
+    """`neumeta train --nproc N`: the same command on N processes of this machine, started by torchrun
+    (`python -m torch.distributed.run --standalone`), which also stops them all when one fails. SIGTERM and
+    SIGINT are passed on, so a stopped run saves its state as a one-process run does."""
+    import signal
+    import subprocess
+
+    rest, skip = [], False  # without --nproc, which torchrun's own parser would take for --nproc-per-node
+    for arg in argv:
+        if skip or arg.startswith("--nproc="):
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        else:
+            rest.append(arg)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
+    child = subprocess.Popen([*command, "-m", "service.cli", *rest])
+
+    asked: list[int] = []
+
+    def forward(signum: int, frame: object) -> None:
+        asked.append(signum)
+        child.send_signal(signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        code = child.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if code and asked:  # stopped as asked: the status a one-process run gives (143 for SIGTERM, 130 for SIGINT)
+        return 128 + asked[0]
+    return code if code >= 0 else 128 - code
 
 
 def _width(args: argparse.Namespace, ckpt: checkpoint.Checkpoint) -> int:
@@ -415,6 +486,14 @@ def parser() -> argparse.ArgumentParser:
         "--save-every", type=positive, default=500, help="steps between training states (OUT.train-state; default 500)"
     )
     t.add_argument("--resume", action="store_true", help="continue from OUT.train-state, where a run stopped")
+    t.add_argument(
+        "--auto-resume", action="store_true", help="continue from OUT.train-state when there is one, else start"
+    )
+    t.add_argument(
+        "--nproc", type=positive, default=1, help="processes sharing each batch (data-parallel, started by torchrun)"
+    )
+    t.add_argument("--log", type=Path, help="the JSON-lines training log (default OUT.log.jsonl)")
+    t.add_argument("--log-every", type=positive, default=50, help="steps between reports (log lines, bar figures)")
     t.set_defaults(run=_train)
 
     for name, helptext, run in (("sample", "write one ONNX model", _sample), ("eval", "accuracy table", _eval)):
@@ -490,6 +569,7 @@ def main(argv: list[str] | None = None) -> int:
     from service.config import SettingsError
 
     args = parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return int(args.run(args))
     except (InputError, SettingsError, FetchError) as exc:

@@ -3,6 +3,7 @@ Debian's nginx with the shipped proxy config."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -14,6 +15,28 @@ from pathlib import Path
 import redis
 
 BIN = Path(sys.executable).parent / "neumeta"
+
+
+def descendants(pid: int) -> list[int]:
+    """`pid` and every process below it (torchrun's workers run in sessions of their own, so a process group
+    does not hold them)."""
+    children = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                children.append(int(entry))
+    return [pid, *(p for child in children for p in descendants(child))]
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL to `pid` and all below it at once: what losing the node does to a run."""
+    for p in descendants(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(p, 9)
 
 
 def free_port() -> int:
