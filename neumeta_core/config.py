@@ -89,6 +89,9 @@ class TrainConfig(_Serialisable):
     # the coordinate noise (and the grid's cell jitter) at the end of the task phase, as a fraction of coord_noise:
     # it falls from coord_noise with a cosine, as the learning rate; served weights average over the final noise
     noise_end: float = 1.0
+    # the smallest trained width keeps the full noise to the end (noise_end applies to the others): its jittered
+    # cells are what the widths below the trained range extrapolate from
+    full_noise_smallest: bool = False
     recon_weight: float = 1.0  # magnitude-weighted MSE to the teacher, at full width only
     norm_weight: float = 1e-4  # sum of Frobenius norms of the generated tensors
     grad_clip: float = 10.0  # value clipping, as released

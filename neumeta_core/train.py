@@ -306,9 +306,10 @@ class HypernetTrainer:
         """Coordinate noise at `width`, in channel-index units: constant, or with `noise_inverse` the
         configured width at the smallest trained width, shrinking as 1/h above it (the same absolute
         jitter in normalised position, so wide networks keep their fine detail). With `noise_end` < 1 it falls
-        from coord_noise to coord_noise * noise_end over the task phase (`self.done`: its fraction done)."""
+        from coord_noise to coord_noise * noise_end over the task phase (`self.done`: its fraction done), except at
+        the smallest trained width with `full_noise_smallest`."""
         scale = min(self.widths) / width if self.cfg.noise_inverse else 1.0
-        end = self.cfg.noise_end
+        end = 1.0 if self.cfg.full_noise_smallest and width == min(self.widths) else self.cfg.noise_end
         anneal = end + (1.0 - end) * (1.0 + math.cos(math.pi * self.done)) / 2.0
         return self.cfg.coord_noise * scale * anneal
 

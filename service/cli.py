@@ -36,7 +36,7 @@ HYPER_FLAGS = ("hidden", "layers", "residual_init", "frequencies", "centred", "s
 TRAIN_FLAGS = (
     "seed", "batch_size", "pretrain_epochs", "warm_steps", "steps", "warm_lr", "lr", "samples", "permute",
     "accumulation", "kd_weight", "fixed_lr", "sandwich", "noise_inverse", "recon_weight", "quadrature", "slim_epochs",
-    "noise_end",
+    "noise_end", "full_noise_smallest",
 )  # fmt: skip
 
 
@@ -461,6 +461,11 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--noise", type=float, help="coordinate noise width (1.0 = +-0.5; 0 = none)")
     t.add_argument(
         "--noise-end", type=float, help="noise at the end of the task phase, a fraction of --noise (cosine decay)"
+    )
+    t.add_argument(
+        "--full-noise-smallest",
+        action=argparse.BooleanOptionalAction,
+        help="the smallest trained width keeps the full noise (--noise-end applies to the others)",
     )
     t.add_argument(
         "--noise-inverse", action=argparse.BooleanOptionalAction, help="training noise shrinks as 1/h above h_min"

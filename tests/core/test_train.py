@@ -133,6 +133,10 @@ def test_the_noise_falls_by_a_cosine_to_its_end_fraction_and_the_served_sets_ave
     constant = train.HypernetTrainer(TINY_TARGET, TINY_NET, TrainConfig(coord_noise=1.0), net, teacher)
     constant.done = 0.9
     assert constant.noise(width) == pytest.approx(1.0)  # the default: no schedule
+    kept = train.HypernetTrainer(TINY_TARGET, TINY_NET, replace(cfg, full_noise_smallest=True), net, teacher)
+    kept.done = 1.0
+    smallest = min(kept.widths)
+    assert kept.noise(smallest) == pytest.approx(1.0) and kept.noise(width) == pytest.approx(0.25)
     result = train.train(
         TINY_TARGET, TINY_NET, replace(TINY_TRAIN, warm_steps=0, steps=3, coord_noise=0.8, noise_end=0.5), split,
         progress=False,
