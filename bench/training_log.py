@@ -47,7 +47,9 @@ def plot(runs: dict[str, dict[str, list[dict[str, Any]]]], out: Path) -> None:
             if scored:
                 acc_ax.plot([r["step"] for r in scored], [r["accuracy"] for r in scored], marker=".", label=label)
         loss_ax.set_title(f"{phase}: loss")
-        acc_ax.set_title(f"{phase}: accuracy at the probe width (%)")
+        widths = {r.get("probe_width") for run in runs.values() for r in run.get(phase, [])} - {None}
+        where = f"h = {', '.join(map(str, sorted(widths)))}" if widths else "the probe width"
+        acc_ax.set_title(f"{phase}: held-out accuracy at {where} (%)")
         for ax in (loss_ax, acc_ax):
             ax.set_xlabel("step")
             ax.grid(alpha=0.3)

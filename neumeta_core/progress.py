@@ -37,8 +37,8 @@ class Progress:
     def quiet(cls) -> Progress:
         return cls(show=False)
 
-    def phase(self, name: str, start: int, total: int, world: World = SINGLE, unit: str = "step") -> Phase:
-        return Phase(self, name, start, total, world, unit)
+    def phase(self, name: str, start: int, total: int, world: World = SINGLE, probe_width: int | None = None) -> Phase:
+        return Phase(self, name, start, total, world, probe_width)
 
     def write(self, record: dict[str, Any]) -> None:
         if self._file is not None:
@@ -61,11 +61,14 @@ class Phase:
     the loss of the global batch), the width it ran at and a probe of the accuracy (called every `every` steps and
     at the last, never more often)."""
 
-    def __init__(self, progress: Progress, name: str, start: int, total: int, world: World, unit: str) -> None:
+    def __init__(
+        self, progress: Progress, name: str, start: int, total: int, world: World, probe_width: int | None
+    ) -> None:
         self.progress, self.name, self.start, self.total, self.world = progress, name, start, total, world
+        self.probe_width = probe_width  # where the probe's accuracy is measured
         self.started = time.perf_counter()
         self.bar = tqdm(
-            total=total, initial=start, desc=name, unit=unit, disable=not progress.show, mininterval=1.0, leave=True
+            total=total, initial=start, desc=name, unit="step", disable=not progress.show, mininterval=1.0, leave=True
         )
         self.accuracy: float | None = None
 
@@ -91,7 +94,7 @@ class Phase:
         rate = done / seconds if seconds > 0 and done > 0 else None
         figures = {"loss": f"{value:.4f}"}
         if self.accuracy is not None:
-            figures["acc"] = f"{self.accuracy:.2f}%"
+            figures[f"acc@h{self.probe_width}" if self.probe_width else "acc"] = f"{self.accuracy:.2f}%"
         if width is not None:
             figures["h"] = str(width)
         self.bar.set_postfix(figures, refresh=False)
@@ -102,6 +105,7 @@ class Phase:
                 "steps": self.total,
                 "loss": value,
                 "accuracy": self.accuracy,
+                "probe_width": self.probe_width,
                 "width": width,
                 "seconds": round(seconds, 3),
                 "steps_per_second": None if rate is None else round(rate, 4),

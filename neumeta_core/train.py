@@ -167,7 +167,7 @@ def pretrain(
         model.train()
         return score
 
-    bar = reporter(progress, world).phase(f"pretrain h={width}", start, steps, world)
+    bar = reporter(progress, world).phase(f"pretrain h={width}", start, steps, world, width)
     for step in range(start, steps):
         x, y = next(data)
         loss = nn.functional.cross_entropy(engine(x), y)
@@ -436,7 +436,7 @@ class HypernetTrainer:
         data = batches(split, cfg.batch_size, self.gen, self.world)
         self._restore(saved, opt, sched, ema, data)
         state = self._phase_state(opt, sched, ema, data)
-        bar = reporter(progress, self.world).phase("hypernet", start, cfg.steps, self.world)
+        bar = reporter(progress, self.world).phase("hypernet", start, cfg.steps, self.world, min(self.widths))
         for step in range(start, cfg.steps):
             self.done = step / max(cfg.steps, 1)
             opt.zero_grad()
@@ -479,7 +479,7 @@ class HypernetTrainer:
         data = batches(split, cfg.batch_size, self.gen, self.world)
         self._restore(saved, opt, sched, ema, data)
         state = self._phase_state(opt, sched, ema, data)
-        bar = reporter(progress, self.world).phase("hypernet (sandwich)", start, steps, self.world)
+        bar = reporter(progress, self.world).phase("hypernet (sandwich)", start, steps, self.world, min(self.widths))
         for step in range(start, steps):
             self.done = step / steps
             x, y = next(data)
@@ -498,7 +498,7 @@ class HypernetTrainer:
             opt.step()
             sched.step()
             ema.update_parameters(self.hypernet)
-            bar.step(step + 1, loss, high, lambda: self.probe(split))
+            bar.step(step + 1, loss, high, lambda: self.probe(split))  # the loss at h_max; the probe at the smallest
             if resume is not None:
                 resume.step("task", step + 1, steps, state)
         bar.close()

@@ -70,6 +70,12 @@ def test_two_gloo_ranks_train_what_one_process_trains_on_the_same_global_batch(o
     first, second = log(one), log(two)  # one log, written by rank 0: the same reports, the same losses
     assert [(r["phase"], r["step"]) for r in first] == [(r["phase"], r["step"]) for r in second]
     assert {r["phase"] for r in first} == {"pretrain h=16", "warm start", "hypernet"}
+    # the probe: the teacher at its own width, the hypernetwork at the smallest trained width, none while warming
+    assert {(r["phase"], r["probe_width"]) for r in first} == {
+        ("pretrain h=16", 16),
+        ("warm start", None),
+        ("hypernet", 8),
+    }
     for x, y in zip(first, second, strict=True):
         assert abs(x["loss"] - y["loss"]) <= TOLERANCE * max(1.0, abs(x["loss"]))
         assert x["steps"] == y["steps"] and y["steps_per_second"] > 0
