@@ -78,7 +78,7 @@ def test_two_gloo_ranks_train_what_one_process_trains_on_the_same_global_batch(o
     }
     for x, y in zip(first, second, strict=True):
         assert abs(x["loss"] - y["loss"]) <= TOLERANCE * max(1.0, abs(x["loss"]))
-        assert x["steps"] == y["steps"] and y["steps_per_second"] > 0
+        assert x["steps"] == y["steps"] and y["steps_per_second"] > 0  # timing-ok: reported, never bounded
 
 
 def start(out, *extra: str) -> subprocess.Popen[str]:
