@@ -38,6 +38,7 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from neumeta_core import checkpoint, export, files
 from neumeta_core.checkpoint import Checkpoint
+from neumeta_core.hypernet import ResidualMLP
 from neumeta_core.plan import Plan
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -103,6 +104,7 @@ def stages(ckpt: Checkpoint, width: int, samples: int, repeats: int, probe: torc
     raw = torch.cat([hyper.coordinates(shapes, t, samples, noise, gen, morph.lattice) for t in range(len(shapes))])
     x_all = hyper.features(raw.to(device))
     mlp = hyper.mlps[0]
+    assert isinstance(mlp, ResidualMLP)
     layers = [mlp.inp, *mlp.hidden, mlp.out]
 
     def dense(activations: bool) -> torch.Tensor:
@@ -208,7 +210,8 @@ def main() -> None:
     stages(ckpt, t.max_width, ckpt.morph.samples, 1, probe)  # warm-up
     rate = matmul_rate(device)
 
-    by_width, by_samples = [], []
+    by_width: list[dict[str, Any]] = []
+    by_samples: list[dict[str, Any]] = []
     plan = [(w, ckpt.morph.samples) for w in widths] + [(t.max_width, k) for k in args.samples]
     for n, (width, k) in enumerate(tqdm(plan, desc="syntheses", unit="config")):
         r = row(ckpt, width, k, stages(ckpt, width, k, args.repeats, probe), rate)

@@ -136,8 +136,9 @@ def plot(rows: list[dict[str, object]], path: Path) -> None:
     for ax, size in zip(axes[0], sizes, strict=True):
         for target in TARGETS:
             sel = sorted(
-                (r for r in rows if r["target"] == target and r["bytes"] == size), key=lambda r: int(r["connections"])
-            )  # type: ignore[call-overload]
+                (r for r in rows if r["target"] == target and r["bytes"] == size),
+                key=lambda r: int(r["connections"]),  # type: ignore[call-overload]
+            )
             ax.plot([r["connections"] for r in sel], [r["rps"] for r in sel], marker="o", label=target)
         width = next(r["width"] for r in rows if r["bytes"] == size)
         ax.set_title(f"width {width}: a {size / 1000:.0f} kB file")

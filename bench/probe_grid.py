@@ -19,6 +19,7 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -27,7 +28,7 @@ from tqdm import tqdm
 
 from neumeta_core import baselines, data, permute
 from neumeta_core.config import presets
-from neumeta_core.hypernet import resampled
+from neumeta_core.hypernet import ResidualMLP, resampled
 from neumeta_core.slimmable import shape_rules, soft_cross_entropy
 from neumeta_core.structure import build_at
 from neumeta_core.train import HypernetTrainer, batches, network, optimiser, recalibrated_accuracy
@@ -35,7 +36,7 @@ from neumeta_core.train import HypernetTrainer, batches, network, optimiser, rec
 WIDTHS = (32, 28, 27, 24, 20, 16, 13, 12, 10, 8, 6, 5, 4)
 
 
-def resampled_state(state: dict[str, torch.Tensor], rules: dict, width: int) -> dict[str, torch.Tensor]:
+def resampled_state(state: dict[str, torch.Tensor], rules: dict[str, Any], width: int) -> dict[str, torch.Tensor]:
     """Every tensor of `state` at `width` (hypernet.resampled: area averaging, exact cells)."""
     return {name: resampled(tensor, rules[name].at(width)) for name, tensor in state.items()}
 
@@ -75,6 +76,7 @@ def main() -> int:
         torch.manual_seed(cfg.seed + 1)
         trainer = HypernetTrainer(target, hyper, cfg, net, dict(full.state_dict()))
         for mlp in trainer.hypernet.mlps:
+            assert isinstance(mlp, ResidualMLP)
             nn.init.zeros_(mlp.out.weight)
             nn.init.zeros_(mlp.out.bias)
 

@@ -20,6 +20,7 @@ from torch import nn
 
 from neumeta_core import baselines, data, permute
 from neumeta_core.config import presets
+from neumeta_core.hypernet import ResidualMLP
 from neumeta_core.train import HypernetTrainer, network, recalibrated_accuracy, resample
 
 WIDTHS = (32, 28, 27, 24, 20, 16, 13, 12, 10, 8, 6)
@@ -62,6 +63,7 @@ def main() -> int:
     smoothing = permute.smooth(dict(teacher.state_dict()), net.structure.hidden_groups())
     trainer = HypernetTrainer(target, hyper, cfg, net, smoothing.state)
     for mlp in trainer.hypernet.mlps:
+        assert isinstance(mlp, ResidualMLP)
         nn.init.zeros_(mlp.out.weight)
         nn.init.zeros_(mlp.out.bias)
     plain = trainer._generate

@@ -47,7 +47,7 @@ def plot(runs: dict[str, dict[str, list[dict[str, Any]]]], out: Path) -> None:
             if scored:
                 acc_ax.plot([r["step"] for r in scored], [r["accuracy"] for r in scored], marker=".", label=label)
         loss_ax.set_title(f"{phase}: loss")
-        widths = {r.get("probe_width") for run in runs.values() for r in run.get(phase, [])} - {None}
+        widths = {int(r["probe_width"]) for run in runs.values() for r in run.get(phase, []) if r.get("probe_width")}
         where = f"h = {', '.join(map(str, sorted(widths)))}" if widths else "the probe width"
         acc_ax.set_title(f"{phase}: held-out accuracy at {where} (%)")
         for ax in (loss_ax, acc_ax):
