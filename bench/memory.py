@@ -44,7 +44,7 @@ CONFIGS = [{}, {"MALLOC_ARENA_MAX": "2"}]
 
 
 def measure(env: dict[str, str], variants: list[tuple[int, str, str]]) -> dict[str, object]:
-    with serving(None, True, None, **env) as live:
+    with serving(None, True, None, **env) as live:  # log, ready, port by position: env is all strings
         pid = live.proc.pid
         idle = status_kib(pid, "VmRSS")
         cached = 0

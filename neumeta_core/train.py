@@ -290,11 +290,16 @@ class HypernetTrainer:
         start, are made identical by DDP's broadcast from rank 0)."""
         self.engine = self.world.wrap(Generating(self.hypernet, self.shared))
 
+    @property
+    def probe_width(self) -> int:
+        """Where probe() measures: the smallest trained width."""
+        return min(self.widths)
+
     @torch.no_grad()
     def probe(self, split: Split) -> float:
-        """Held-out accuracy (%) at the smallest trained width, clean coordinates, BatchNorm with the statistics
-        its training batches left: what the progress reports show (no random draws, nothing changed)."""
-        width = min(self.widths)
+        """Held-out accuracy (%) at probe_width, clean coordinates, BatchNorm with the statistics its training
+        batches left: what the progress reports show (no random draws, nothing changed)."""
+        width = self.probe_width
         shapes = list(self.structure.shapes(width).values())
         weights = dict(zip(self.names, self.hypernet(shapes), strict=True))
         model = self.models[width].eval()
@@ -436,7 +441,7 @@ class HypernetTrainer:
         data = batches(split, cfg.batch_size, self.gen, self.world)
         self._restore(saved, opt, sched, ema, data)
         state = self._phase_state(opt, sched, ema, data)
-        bar = reporter(progress, self.world).phase("hypernet", start, cfg.steps, self.world, min(self.widths))
+        bar = reporter(progress, self.world).phase("hypernet", start, cfg.steps, self.world, self.probe_width)
         for step in range(start, cfg.steps):
             self.done = step / max(cfg.steps, 1)
             opt.zero_grad()
@@ -479,7 +484,7 @@ class HypernetTrainer:
         data = batches(split, cfg.batch_size, self.gen, self.world)
         self._restore(saved, opt, sched, ema, data)
         state = self._phase_state(opt, sched, ema, data)
-        bar = reporter(progress, self.world).phase("hypernet (sandwich)", start, steps, self.world, min(self.widths))
+        bar = reporter(progress, self.world).phase("hypernet (sandwich)", start, steps, self.world, self.probe_width)
         for step in range(start, steps):
             self.done = step / steps
             x, y = next(data)
