@@ -77,8 +77,7 @@ def main() -> int:
     trained, teacher = "n/a", dict[str, object]()
     if acc is not None:
         ckpt = checkpoint.load(out)
-        widths = ckpt.target.trained_widths()
-        trained = f"{widths[-1]}..{widths[0]} step {widths[0] - widths[1] if len(widths) > 1 else 0}"
+        trained = ckpt.target.trained_description()
         meta = ckpt.metadata
         teacher = {"teacher_accuracy": round(meta["teacher_accuracy"], 2), "teacher_cached": meta.get("teacher_cached")}
         if meta.get("teacher_cached") and not args.checkpoint:

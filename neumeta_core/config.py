@@ -37,6 +37,8 @@ class TargetConfig(_Serialisable):
     max_width: int = 32  # h_max: the pretrained width, gamma = 1 - h / h_max
     train_min_width: int = 8  # widths drawn in training: max_width down to train_min_width ...
     train_stride: int = 2  # ... in steps of train_stride, so the widths between are never seen
+    # widths of that range training never draws either: kept out to measure the widths between trained ones
+    held_out: tuple[int, ...] = ()
     min_width: int = 4  # smallest width the service hands out
     generate: tuple[str, ...] = ()  # modules the hypernetwork generates; empty: every module that follows h
 
@@ -52,7 +54,14 @@ class TargetConfig(_Serialisable):
 
     def trained_widths(self) -> list[int]:
         """The widths training draws from, h_max always among them."""
-        return list(range(self.max_width, self.train_min_width - 1, -self.train_stride))
+        held = set(self.held_out)
+        return [h for h in range(self.max_width, self.train_min_width - 1, -self.train_stride) if h not in held]
+
+    def trained_description(self) -> str:
+        """The trained widths in words: "10..32 step 2", "10..32 except 27, 13"."""
+        trained = self.trained_widths()
+        text = f"{trained[-1]}..{trained[0]}" + (f" step {self.train_stride}" if self.train_stride > 1 else "")
+        return text + (f" except {', '.join(map(str, self.held_out))}" if self.held_out else "")
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ RATIOS = (0.0, 0.25, 0.5, 0.75)
 GRID = (0.0, 0.125, 0.25, 0.375, 0.5, 0.625, 0.75)
 
 
-TARGET_FLAGS = ("dataset", "max_width", "min_width", "train_stride", "train_min_width")
+TARGET_FLAGS = ("dataset", "max_width", "min_width", "train_stride", "train_min_width", "held_out")
 HYPER_FLAGS = ("hidden", "layers", "residual_init", "frequencies", "centred", "sizes", "grid")
 TRAIN_FLAGS = (
     "seed", "batch_size", "pretrain_epochs", "warm_steps", "steps", "warm_lr", "lr", "samples", "permute",
@@ -49,12 +49,20 @@ def _recipe(args: argparse.Namespace) -> tuple[Any, Any, Any, Any, Any]:
 
     target, hyper, cfg = presets(args.model)
     target = replace(target, **{k: getattr(args, k) for k in TARGET_FLAGS if getattr(args, k) is not None})
+    if args.held_out is not None:
+        target = replace(target, held_out=tuple(sorted(set(args.held_out), reverse=True)))
     if args.generate is not None:
         target = replace(target, generate=tuple(p for p in args.generate.split(",") if p))
     if not 1 <= target.min_width <= target.train_min_width <= target.max_width:
         raise InputError(
             f"widths must satisfy 1 <= --min-width ({target.min_width}) <= --train-min-width "
             f"({target.train_min_width}) <= --max-width ({target.max_width})"
+        )
+    outside = [h for h in target.held_out if not target.train_min_width < h < target.max_width]
+    if outside:
+        raise InputError(
+            f"--held-out {' '.join(map(str, outside))}: a held-out width must lie strictly between --train-min-width "
+            f"({target.train_min_width}) and --max-width ({target.max_width}), the widths training always draws"
         )
     overrides = {k: getattr(args, k) for k in TRAIN_FLAGS if getattr(args, k) is not None}
     if args.noise is not None:
@@ -262,11 +270,7 @@ def _compare(args: argparse.Namespace) -> int:
     rows, times = baselines.compare(
         ckpt, split, widths, samples, seeds, runs=runs, slim=not args.no_slimmable, jobs=args.jobs, source=source
     )
-    trained = t.trained_widths()
-    title = (
-        f"{t.name} on {t.dataset}, checkpoint {ckpt.digest[:12]}, "
-        f"trained on widths {trained[-1]}..{trained[0]} step {t.train_stride}"
-    )
+    title = f"{t.name} on {t.dataset}, checkpoint {ckpt.digest[:12]}, trained on widths {t.trained_description()}"
     tv = ckpt.metadata.get("total_variation", {})
     served = range(t.min_width, t.max_width + 1)
     storage = {  # float32 bytes: the one checkpoint against one trained model per width
@@ -483,6 +487,9 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--recon-weight", type=float, help="reconstruction of the teacher at h_max (0 = none)")
     t.add_argument("--train-stride", type=int, help="train on every n-th width only")
     t.add_argument("--train-min-width", type=int, help="smallest width training draws")
+    t.add_argument(
+        "--held-out", type=int, nargs="+", metavar="H", help="widths of the trained range training never draws"
+    )
     t.add_argument("--fixed-lr", type=float, help="train the tensors not generated too, at this learning rate")
     t.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest for this small model)")
     t.add_argument("--cache", type=Path, help="where the teacher is kept (default ~/.cache/neumeta/baselines)")

@@ -27,6 +27,7 @@ from service.schemas import (
     InputSpec,
     ModelInfo,
     ModelRequest,
+    TrainedWidths,
     WidthRange,
     json_params,
     query_params,
@@ -220,7 +221,9 @@ def list_models(synth: Synthesizer) -> list[ModelInfo]:
                 labels=ckpt.data.labels,
                 digest=ckpt.digest,
                 generated=ckpt.generated_tensors(),
-                widths_trained=WidthRange(min=t.trained_widths()[-1], max=t.max_width, step=t.train_stride),
+                widths_trained=TrainedWidths(
+                    min=t.trained_widths()[-1], max=t.max_width, step=t.train_stride, held_out=list(t.held_out)
+                ),
                 widths_allowed=WidthRange(min=t.min_width, max=t.max_width),
                 max_ratio=ratio_for(t.min_width, t.max_width),
                 params={w: ckpt.morph.param_count(w) for w in widths},

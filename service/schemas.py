@@ -127,6 +127,10 @@ class WidthRange(BaseModel):
     step: int = 1  # widths trained: max, max - step, ..., down to min; those between were never seen
 
 
+class TrainedWidths(WidthRange):
+    held_out: list[int] = []  # widths of that range training never drew either (kept out to measure them)
+
+
 class InputSpec(BaseModel):
     name: str = "input"
     dtype: str = "float32"
@@ -141,7 +145,7 @@ class ModelInfo(BaseModel):
     labels: list[str]
     digest: str
     generated: list[str]
-    widths_trained: WidthRange
+    widths_trained: TrainedWidths
     widths_allowed: WidthRange
     max_ratio: float
     params: dict[int, int]

@@ -208,7 +208,12 @@ def test_list_models_describes_the_checkpoint(client, bundled):
     [info] = client.get("/models").json()
     assert info["name"] == "digits_full" and info["digest"] == bundled.digest
     assert info["widths_allowed"] == {"min": 8, "max": 32, "step": 1}  # 8: below the trained range, served well
-    assert info["widths_trained"] == {"min": 10, "max": 32, "step": 2}  # odd widths are never seen in training
+    assert info["widths_trained"] == {
+        "min": 10,
+        "max": 32,
+        "step": 2,
+        "held_out": [],
+    }  # odd widths are never seen in training
     assert info["params"]["32"] == bundled.morph.param_count(32)
     assert info["accuracy"]["8"] == pytest.approx(bundled.accuracy[8])
     assert info["formats"] == ["onnx", "safetensors"] and info["max_ratio"] == 0.75

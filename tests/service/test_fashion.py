@@ -22,6 +22,7 @@ TINY = [
     *("--pretrain-epochs", "1", "--warm-steps", "10", "--steps", "10", "--slim-epochs", "1"),
     *("--hidden", "16", "--samples", "2"),
     *("--max-width", "8", "--train-min-width", "4", "--min-width", "3", "--batch-size", "32"),
+    *("--train-stride", "1", "--held-out", "6"),  # every width of 4..8 drawn but 6, as the bundle's recipe does
 ]
 
 
@@ -55,6 +56,7 @@ def test_train_compare_serve_and_run_the_fashion_network(tiny_fashion, tmp_path)
     assert ckpt.target.dataset == "idx" and ckpt.data.input_shape == (1, 28, 28)
     assert ckpt.data.labels[0] == "T-shirt/top"
     assert set(ckpt.generated_tensors()) >= {"conv1.conv.weight", "conv4.conv.weight", "fc.weight", "fc.bias"}
+    assert ckpt.target.held_out == (6,) and ckpt.target.trained_widths() == [8, 7, 5, 4]
 
     results, cache = tmp_path / "results", tmp_path / "runs"
     compare = [str(BIN), "eval", "--checkpoint", str(out), "--data-dir", str(tiny_fashion), "--baselines"]
@@ -74,6 +76,7 @@ def test_train_compare_serve_and_run_the_fashion_network(tiny_fashion, tmp_path)
     both = pytest.approx(meta["train_seconds"] + meta["teacher_seconds"])
     assert table["times"]["hypernetwork_seconds"] == both  # timing-ok: the accounting of recorded times
     assert "universally slimmable" in (results / "comparison.md").read_text()
+    assert table["title"].endswith("trained on widths 4..8 except 6")
     assert "4 trained" in first.stderr  # three individual runs and the slimmable one
     second = subprocess.run(compare, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0 and "0 trained, 4 from" in second.stderr
@@ -88,6 +91,7 @@ def test_train_compare_serve_and_run_the_fashion_network(tiny_fashion, tmp_path)
     assert info["dataset"] == "fashion-mnist" and info["labels"][9] == "Ankle boot"
     assert info["input"] == {"name": "input", "dtype": "float32", "shape": ["batch", 1, 28, 28]}
     assert info["widths_allowed"] == {"min": 3, "max": 8, "step": 1}
+    assert info["widths_trained"] == {"min": 4, "max": 8, "step": 1, "held_out": [6]}
     assert below.status_code == 422 and "3" in below.json()["detail"] and "8" in below.json()["detail"]
     meta = {p.key: p.value for p in onnx.load_from_string(r.content).metadata_props}
     assert meta["neumeta.dataset"] == "fashion-mnist" and json.loads(meta["neumeta.labels"]) == info["labels"]
@@ -97,6 +101,18 @@ def test_train_compare_serve_and_run_the_fashion_network(tiny_fashion, tmp_path)
     with torch.no_grad():
         expected = model_at(ckpt, 4)(x).numpy()
     assert export.relative(got, expected) <= 1e-4
+
+
+@pytest.mark.parametrize("held", [["8"], ["4"], ["9"], ["2"]])
+def test_a_held_out_width_outside_the_trained_range_is_refused_before_training(held, tmp_path):
+    """Only a width strictly between the smallest trained width and h_max can be held out: those two are always
+    drawn (the sandwich rule's ends). One line, exit status 2, before any data is read or anything trained."""
+    out = tmp_path / "x.pt"
+    argv = [str(BIN), "train", "--model", "fashion", *TINY, "--held-out", *held, "--out", str(out)]
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert f"--held-out {held[0]}: a held-out width must lie strictly between --train-min-width (4)" in r.stderr
+    assert not out.exists()
 
 
 def test_make_run_serves_the_fashion_bundle_first_and_the_digits_bundle_beside_it(monkeypatch):
