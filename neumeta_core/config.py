@@ -119,6 +119,9 @@ class TrainConfig(_Serialisable):
     # instead of `steps` steps at one random width
     slim_epochs: float = 0.0
     fixed_lr: float = 0.0  # > 0: the tensors not generated are trained too, shared by all widths (follow-up: 7e-5)
+    # > 0: the BatchNorm statistics of every width are measured on the first this many training images (the slimmable
+    # baseline recalibrates on 2,048); 0: on the images the checkpoint keeps for int8 calibration (at most 512)
+    statistics_images: int = 0
 
     @property
     def final_noise(self) -> float:

@@ -3,6 +3,11 @@
 
     python -m neumeta_core.convert OLD.pt NEW.pt
 
+or measure a current checkpoint's BatchNorm statistics again, on the first N training images of its data set
+(what `neumeta train` with `statistics_images = N` measures once its hypernetwork is trained):
+
+    python -m neumeta_core.convert --statistics-images N [--data-dir DIR] OLD.pt NEW.pt
+
 The network is derived from the builder of the same name (neumeta_core.builders); its generated tensors
 must be the old file's, in the same order and shapes. The BatchNorm statistics and reference logits at
 every stored width are measured on the old file's calibration images, as the old service did per request.
@@ -13,6 +18,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +30,7 @@ from neumeta_core.config import HyperNetConfig, TargetConfig, TrainConfig
 from neumeta_core.errors import InputError
 from neumeta_core.hypernet import HyperNetwork
 from neumeta_core.sampling import MorphicNet
+from neumeta_core.structure import load_builder
 from neumeta_core.train import TrainResult, accuracy, evaluation_widths, measure, network, synthesize
 
 OLD_FORMAT = "neumeta-checkpoint/1"
@@ -84,13 +91,50 @@ def convert(old: Path, new: Path) -> dict[str, Any]:
     return {"old": old_table, "new": table}
 
 
+def remeasure(old: Path, new: Path, images: int, data_dir: Path | None = None) -> dict[str, Any]:
+    """`old` with its BatchNorm statistics, reference logits and accuracy table measured again on the first
+    `images` training images; the hypernetwork, fixed weights and kept calibration images bit for bit."""
+    ckpt = checkpoint.load(old)
+    if ckpt.calibration is None:
+        raise InputError(f"{old}: its network has no BatchNorm statistics to measure")
+    if images < 1:
+        raise InputError(f"--statistics-images {images}: give a number of training images >= 1")
+    split = data.load(ckpt.target.dataset, data_dir)
+    build = load_builder(ckpt.target.model)
+    reference = measure(ckpt.morph, build, split.x_train[:images])
+    table = {
+        h: accuracy(synthesize(ckpt.morph, build, h), split.x_test, split.y_test)
+        for h in evaluation_widths(ckpt.target)
+    }
+    meta = {**ckpt.metadata, "statistics_remeasured_from": ckpt.digest}
+    result = TrainResult(
+        ckpt.morph,
+        ckpt.permutation,
+        dict(ckpt.teacher or {}),
+        float(meta.get("teacher_accuracy", 0.0)),
+        table,
+        reference,
+        ckpt.calibration,
+        list(ckpt.data.labels),
+        meta,
+        ckpt.data.name,
+    )
+    checkpoint.save(new, result, replace(ckpt.train, statistics_images=images))
+    return {"old": ckpt.accuracy, "new": table}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("old", type=Path)
     parser.add_argument("new", type=Path)
+    parser.add_argument("--statistics-images", type=int, help="measure a current checkpoint's statistics again")
+    parser.add_argument("--data-dir", type=Path, help="with --statistics-images: where the data set lies")
     args = parser.parse_args(argv)
     try:
-        tables = convert(args.old, args.new)
+        if args.statistics_images is None:
+            tables = convert(args.old, args.new)
+        else:
+            tables = remeasure(args.old, args.new, args.statistics_images, args.data_dir)
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

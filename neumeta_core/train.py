@@ -583,7 +583,10 @@ def evaluate(fitted: Fitted, split: Split, progress: Progress | bool = True) -> 
         cfg.seed,
         lattice=cfg.quadrature == "lattice",
     )
-    reference = measure(morph, net.build, calibration, shown(progress).show)
+    images = calibration  # the statistics' images: the kept ones, or the first statistics_images of the training set
+    if calibration is not None and cfg.statistics_images:
+        images = split.x_train[: cfg.statistics_images]
+    reference = measure(morph, net.build, images, shown(progress).show)
     table = {
         h: accuracy(synthesize(morph, net.build, h), split.x_test, split.y_test) for h in evaluation_widths(target)
     }
