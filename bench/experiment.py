@@ -65,7 +65,8 @@ def main() -> int:
     if args.checkpoint:  # a re-evaluation at another K: no training time
         out, returncode = args.checkpoint, 0
         lattice = " --lattice" if args.lattice else ""
-        command = f"`bench/experiment.py --checkpoint {args.checkpoint} --samples {args.samples}{lattice}`"
+        samples = f" --samples {args.samples}" if args.samples else ""
+        command = f"`bench/experiment.py --checkpoint {args.checkpoint}{samples}{lattice}`"
     else:
         command = "`neumeta train " + " ".join(shlex.quote(f) for f in flags) + "`"
         out = ROOT / "runs" / f"run{args.run}.pt"
