@@ -30,12 +30,18 @@ from neumeta_core.config import HyperNetConfig, TargetConfig, TrainConfig
 from neumeta_core.errors import InputError
 from neumeta_core.hypernet import HyperNetwork
 from neumeta_core.sampling import MorphicNet
-from neumeta_core.structure import load_builder
+from neumeta_core.structure import Builder, load_builder
 from neumeta_core.train import TrainResult, accuracy, evaluation_widths, measure, network, synthesize
 
 OLD_FORMAT = "neumeta-checkpoint/1"
 RENAMED = {"fc_lr": "fixed_lr"}
 DROPPED = {"incremental", "gate_lr", "gate_init"}  # block-wise training and SkipInit gates: not on this path
+
+
+def _table(morph: MorphicNet, build: Builder, split: data.Split) -> dict[int, float]:
+    """Held-out accuracy (%) at the widths a checkpoint's table holds."""
+    widths = evaluation_widths(morph.target)
+    return {h: accuracy(synthesize(morph, build, h), split.x_test, split.y_test) for h in widths}
 
 
 def convert(old: Path, new: Path) -> dict[str, Any]:
@@ -69,9 +75,7 @@ def convert(old: Path, new: Path) -> dict[str, Any]:
     )
     calibration = payload.get("calibration")
     reference = measure(morph, net.build, calibration)
-    table = {
-        h: accuracy(synthesize(morph, net.build, h), split.x_test, split.y_test) for h in evaluation_widths(target)
-    }
+    table = _table(morph, net.build, split)
     meta = dict(payload["metadata"])
     meta["converted_from"] = {"format": OLD_FORMAT, "sha256": hashlib.sha256(raw).hexdigest()}
     teacher = dict(payload.get("teacher_state") or {})
@@ -102,10 +106,7 @@ def remeasure(old: Path, new: Path, images: int, data_dir: Path | None = None) -
     split = data.load(ckpt.target.dataset, data_dir)
     build = load_builder(ckpt.target.model)
     reference = measure(ckpt.morph, build, split.x_train[:images])
-    table = {
-        h: accuracy(synthesize(ckpt.morph, build, h), split.x_test, split.y_test)
-        for h in evaluation_widths(ckpt.target)
-    }
+    table = _table(ckpt.morph, build, split)
     meta = {**ckpt.metadata, "statistics_remeasured_from": ckpt.digest}
     result = TrainResult(
         ckpt.morph,

@@ -31,7 +31,7 @@ RATIOS = (0.0, 0.25, 0.5, 0.75)
 GRID = (0.0, 0.125, 0.25, 0.375, 0.5, 0.625, 0.75)
 
 
-TARGET_FLAGS = ("dataset", "max_width", "min_width", "train_stride", "train_min_width", "held_out")
+TARGET_FLAGS = ("dataset", "max_width", "min_width", "train_stride", "train_min_width")
 HYPER_FLAGS = ("hidden", "layers", "residual_init", "frequencies", "centred", "sizes", "grid")
 TRAIN_FLAGS = (
     "seed", "batch_size", "pretrain_epochs", "warm_steps", "steps", "warm_lr", "lr", "samples", "permute",
@@ -49,7 +49,7 @@ def _recipe(args: argparse.Namespace) -> tuple[Any, Any, Any, Any, Any]:
 
     target, hyper, cfg = presets(args.model)
     target = replace(target, **{k: getattr(args, k) for k in TARGET_FLAGS if getattr(args, k) is not None})
-    if args.held_out is not None:
+    if args.held_out is not None:  # stored as a tuple, largest first, each width once
         target = replace(target, held_out=tuple(sorted(set(args.held_out), reverse=True)))
     if args.generate is not None:
         target = replace(target, generate=tuple(p for p in args.generate.split(",") if p))
