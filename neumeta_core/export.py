@@ -212,12 +212,15 @@ def verify_weights(body: bytes, weights: Weights, dtype: str) -> float:
 
 
 def session(onnx_bytes: bytes, optimise: bool = True) -> ort.InferenceSession:
-    """An onnxruntime session on one CPU thread; `optimise=False`: only the basic graph optimisations, for a file
-    run once on a few images (the full set takes longer to apply than such a run takes)."""
+    """An onnxruntime session on one CPU thread; `optimise=False`, for a file run once on a few images: the graph as
+    written, no memory arena or planned buffers (setting those up takes longer than such a run: 0.34 against 0.41
+    ms with the basic optimisations for the Fashion bundle at h = 8, bench/cold_synthesis.py's verify stage)."""
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
     if not optimise:
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        opts.enable_mem_pattern = False
+        opts.enable_cpu_mem_arena = False
     return ort.InferenceSession(onnx_bytes, opts, providers=["CPUExecutionProvider"])
 
 

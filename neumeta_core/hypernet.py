@@ -11,7 +11,7 @@ from torch import nn
 from neumeta_core.config import HyperNetConfig
 from neumeta_core.coords import encoded_dim, fourier, normalise, raw_coordinates
 from neumeta_core.network import Shape
-from neumeta_core.plan import Plan, Stacked, stack
+from neumeta_core.plan import Plan, Stacked, stack, window
 
 PRECISIONS = ("float32", "tf32", "bfloat16")
 
@@ -180,8 +180,7 @@ class HyperNetwork(nn.Module):
                 if cache is not None:
                     cache[key] = stacked
             weights.append(stacked)
-        means = plan.run(weights, dtype)
-        return [plan.with_base(t, _to_tensor(y, shape)) for t, (y, shape) in enumerate(zip(means, shapes, strict=True))]
+        return plan.run(weights, dtype)
 
     @staticmethod
     def assemble(y: torch.Tensor, shape: Shape, samples: int) -> torch.Tensor:
@@ -255,7 +254,6 @@ def _to_tensor(y: torch.Tensor, shape: Shape) -> torch.Tensor:
     The result is divided by the input-channel count S1 (1 for a bias), so weights scale
     with 1/fan-in as the width changes (notes section 1, output scaling).
     """
-    kernel = math.prod(shape[2:]) if len(shape) > 2 else 1
-    start = y.shape[1] // 2 - kernel // 2 if len(shape) > 2 else 0
+    start, kernel = window(shape, y.shape[1])
     s1 = shape[1] if len(shape) > 1 else 1
     return y[:, start : start + kernel].reshape(shape) / s1

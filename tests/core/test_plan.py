@@ -42,7 +42,7 @@ def test_the_first_layer_is_separable_only_where_the_sets_differ_by_one_offset(s
     assert separable(samples, noise, lattice) is split
     assert all(g.separable is split for g in plan.groups)
     performed = plan.flops(CFG.hidden, CFG.layers, CFG.output_dim)
-    assert (performed < hyper.flops(SHAPES, samples)) is split
+    assert (performed < hyper.flops(SHAPES, samples)) is (split or samples > 1)  # K > 1: the last layer once
     assert performed <= hyper.flops(SHAPES, samples)
     with torch.no_grad():
         loop = hyper(SHAPES, samples, noise, torch.Generator().manual_seed(2), lattice=lattice)
