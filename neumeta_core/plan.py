@@ -5,7 +5,8 @@
 - **A separable first layer.** Where the K weight sets differ only by one offset per set (a lattice over the noise
   cell, or no noise), the first layer of a query is a sum of a term in o and a term in i: the Fourier encoding acts
   on each coordinate alone, so W0 enc(o, i) = W0 enc(o, 0) + W0 (enc(0, i) - enc(0, 0)). It costs S0 + S1 rows of
-  each set instead of S0 * S1, then one broadcast add.
+  each set instead of S0 * S1, then one broadcast add; a vector (S1 = 1) is its own o term, so its rows go through
+  the first layer as they are.
 - **Tiles.** The rows go through every layer a tile at a time, so a tile's activations stay in the CPU's cache
   between layers (one tile of everything on CUDA).
 - **The mean over the K sets before the last layer.** That layer is affine, so the mean of its outputs is its output
@@ -147,7 +148,7 @@ class Plan:
         self.groups = []
         for (s0, s1), members in grids.items():
             per_member = [r.view(samples, s0, s1, 6) for r in (raw[t] for t in members)]
-            if split:
+            if split and s0 > 1 and s1 > 1:  # a vector (or one row) is its own o (or i) term: no add
                 o_rows = torch.stack([r[:, :, 0] for r in per_member])  # (G, K, S0, 6)
                 i_rows = torch.stack([r[:, 0, :] for r in per_member])  # (G, K, S1, 6)
                 origin = torch.stack([r[:, :1, 0] for r in per_member])  # (G, K, 1, 6)

@@ -40,7 +40,7 @@ def test_the_first_layer_is_separable_only_where_the_sets_differ_by_one_offset(s
     gen = torch.Generator().manual_seed(2)
     plan = Plan(hyper, SHAPES, samples, noise, gen, lattice)
     assert separable(samples, noise, lattice) is split
-    assert all(g.separable is split for g in plan.groups)
+    assert all(g.separable is (split and g.s0 > 1 and g.s1 > 1) for g in plan.groups)
     performed = plan.flops(CFG.hidden, CFG.layers, CFG.output_dim)
     assert (performed < hyper.flops(SHAPES, samples)) is (split or samples > 1)  # K > 1: the last layer once
     assert performed <= hyper.flops(SHAPES, samples)
