@@ -57,6 +57,7 @@ bench: setup bench-tools
 	$(BIN)/pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python bench/cold_synthesis.py
 	$(BIN)/python bench/mlp_runtime.py
+	$(BIN)/python bench/elu.py
 	$(BIN)/python bench/hot_path.py
 	$(BIN)/python bench/memory.py
 	$(BIN)/python bench/accuracy_vs_width.py

@@ -5,7 +5,7 @@
 docs/benchmarks.md named "a runtime with a lower cost per kernel" as a way to bring cold synthesis nearer its
 floor at the small widths. This measures it before anyone builds it: the first tensor's residual MLP of the
 checkpoint (3 hidden layers of `hidden` units, ELU, residual scales, the output layer) on R rows of its encoded
-inputs, in torch as neumeta_core/plan.py runs it (ELU through exp, in place) and as one onnxruntime session
+inputs, in torch as neumeta_core/plan.py runs it (ELU as plan._elu computes it, in place) and as one onnxruntime session
 (MatMul, Add, Elu, Mul, Add per layer; inputs fed, so nothing is constant-folded), both with the process's torch
 threads, the fastest of --repeats each, alternated. Rows: a small synthesis's group (512), one tile (4,096) and
 all of h = 32's queries of the Fashion bundle at K = 4 (about 40,000). The floor is the rows' multiply-adds at
@@ -78,7 +78,7 @@ def mlp_graph(mlp: ResidualMLP) -> bytes:
 
 @torch.no_grad()
 def torch_mlp(mlp: ResidualMLP, x: torch.Tensor) -> torch.Tensor:
-    """The plan's arithmetic for one MLP, untiled: addmm, ELU through exp in place, the residual add."""
+    """The plan's arithmetic for one MLP, untiled: addmm, ELU as plan._elu computes it, in place, the residual add."""
     z = torch.addmm(mlp.inp.bias, x, mlp.inp.weight.T)
     scratch = torch.empty_like(z)
     _elu(z, scratch)

@@ -84,6 +84,40 @@ class Graph:
                     seen.setdefault(name)
         return list(seen)
 
+    @cached_property
+    def runner(self) -> ort.InferenceSession:
+        """The graph in an onnxruntime session with its weights as inputs, made once per width (MorphicNet.prepare
+        makes it for every served width at load): a file's check runs it on the weights the file holds instead of
+        building a session per file (`run_filled`)."""
+        model = onnx.ModelProto()
+        model.CopyFrom(self.proto)
+        model.graph.input.extend(helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in self.weights)
+        model.ir_version = IR_VERSION
+        return session(model.SerializeToString(), optimise=False)
+
+
+def run_filled(graph: Graph, body: bytes, weights: Weights, images: np.ndarray) -> np.ndarray | None:
+    """The logits on `images` of a float32 ONNX file that `fill` made of `graph` and `weights`: None unless the
+    file holds exactly the graph's nodes, inputs, outputs, opsets and initialisers and, after them, the tensors of
+    `weights`, bit for bit; then the graph's runner computes them on the tensors read back from the file, which is
+    what a session of the file would compute (the graph and its weights are the file's)."""
+    model = onnx.load_model_from_string(body)
+    stored, file = graph.proto, model.graph
+    if (
+        file.node != stored.graph.node
+        or file.input != stored.graph.input
+        or file.output != stored.graph.output
+        or model.opset_import != stored.opset_import
+        or file.initializer[: len(stored.graph.initializer)] != stored.graph.initializer
+    ):
+        return None
+    held = {t.name: numpy_helper.to_array(t) for t in file.initializer[len(stored.graph.initializer) :]}
+    if list(held) != list(weights) or any(
+        held[n].dtype != np.float32 or not np.array_equal(held[n], weights[n]) for n in weights
+    ):
+        return None
+    return graph.runner.run([OUTPUT], {INPUT: images, **held})[0]
+
 
 def fold(weights: Weights, folds: list[Fold]) -> Weights:
     """The weights the graph reads: every BatchNorm folded into the layer before it."""

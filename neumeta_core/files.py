@@ -193,7 +193,9 @@ def size(ckpt: Checkpoint, spec: FileSpec) -> int:
 def verify(ckpt: Checkpoint, spec: FileSpec, body: bytes, weights: export.Weights, probe: torch.Tensor) -> None:
     """ExportMismatch unless the file computes what build(width) computed at training time: onnxruntime's
     logits on the probe against the reference logits the checkpoint holds for this width and K (K = 1 and
-    the checkpoint's own, float32 arithmetic; float16 files to FLOAT16_TOLERANCE). Files with another K or
+    the checkpoint's own, float32 arithmetic; float16 files to FLOAT16_TOLERANCE). A float32 file is read back
+    and must hold exactly the graph and `weights`; its logits come from the graph's session made at load, fed
+    the weights read from the file (export.run_filled); other files get a session of their own. Files with another K or
     arithmetic have no reference: their weights are read back and compared exactly with `weights` (the served
     tensors), and their logits must be finite. Safetensors files are read back and compared."""
     if spec.format == "safetensors":
@@ -203,7 +205,13 @@ def verify(ckpt: Checkpoint, spec: FileSpec, body: bytes, weights: export.Weight
         stored = ckpt.reference.get(spec.samples, {}) if spec.precision == "float32" else {}
         reference = stored.get(spec.width)
         images = probe[:VERIFY_IMAGES].cpu().numpy()
-        logits = export.session(body, optimise=False).run([export.OUTPUT], {export.INPUT: images})[0]
+        if spec.dtype == "float32":  # the graph's session made at load, on the weights read back from the file
+            found = export.run_filled(ckpt.graph(spec.width), body, weights, images)
+            if found is None:
+                raise ExportMismatch(f"the exported {spec.format} file does not hold the graph and the weights")
+            logits = found
+        else:
+            logits = export.session(body, optimise=False).run([export.OUTPUT], {export.INPUT: images})[0]
         if reference is not None and len(reference) >= len(logits):
             reference = reference[: len(logits)]
             error = export.relative(logits, reference)

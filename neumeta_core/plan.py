@@ -14,9 +14,9 @@
   the grid's part plus the bias and its scale 1 / (K S1) (the mean and the fan-in scaling, `_to_tensor`), so the
   tensor comes out whole, with no pass per tensor after the MLPs.
 - **ELU(x) = max(x, 2^(min(x, 0) log2 e) - 1)**, equal to x for x > 0 and e^x - 1 below, since e^x - 1 >= x: torch's
-  ELU takes expm1, which cost 6x exp on an AVX-512 Intel CPU, and on an AMD EPYC exp costs 4x exp2 (0.27 against
-  0.064 ms for 3,784 x 128 values on one thread; the whole ELU 0.37 against 0.18 ms). The difference is float
-  rounding (6e-8 absolute at most).
+  ELU takes expm1, which cost 6x exp on an AVX-512 Intel CPU, and on an AMD EPYC exp costs 4.7x exp2 (0.27 against
+  0.058 ms for 3,784 x 128 values on one thread; the whole ELU 0.36 against 0.17 ms; bench/elu.py). The difference
+  is float rounding (6e-8 absolute at most).
 """
 
 from __future__ import annotations

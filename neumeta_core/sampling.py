@@ -139,7 +139,10 @@ class MorphicNet:
         return sum(p.nbytes() for p in self._plans.values())
 
     def prepare(self, widths: list[int], samples: int | None = None) -> None:
-        """Make the plans of `widths` ahead of the first request, while they fit in PLAN_CACHE_BYTES."""
+        """Make the plans of `widths` ahead of the first request, while they fit in PLAN_CACHE_BYTES, and the
+        sessions that check their files (export.Graph.runner)."""
+        for width in widths:
+            self.graphs[width].runner  # noqa: B018 (made now, not on the first request)
         for width in widths:
             self.plan(width, self.samples if samples is None else samples)
             if self.plans_bytes() >= PLAN_CACHE_BYTES:

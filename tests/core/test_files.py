@@ -8,12 +8,14 @@ import json
 import subprocess
 from dataclasses import replace
 
+import numpy as np
 import onnx
 import pytest
 import torch
+from onnx import numpy_helper
 from safetensors import safe_open
 
-from neumeta_core import checkpoint, files
+from neumeta_core import checkpoint, export, files
 from neumeta_core.errors import InputError
 from tests.processes import BIN
 
@@ -178,3 +180,35 @@ def test_int8_is_onnx_only_and_needs_calibration_images(bundled, mlp_checkpoint)
     assert mlp.calibration is None  # a network without BatchNorm keeps no images
     with pytest.raises(InputError, match="holds no calibration images"):
         built(mlp, files.spec_for(mlp, 8, dtype="int8"))
+
+
+def test_a_float32_file_is_checked_on_the_graphs_session_and_must_hold_exactly_its_weights(bundled, base):
+    """files.verify runs the graph's session made at load (export.Graph.runner) on the weights read back from the
+    file: the same logits as a session of the file itself, and any file that does not hold exactly the graph and
+    the synthesized weights is refused."""
+    spec, body = base
+    graph = bundled.graph(spec.width)
+    weights = export.served(graph, bundled.morph.state_dict(spec.width, samples=spec.samples))
+    images = bundled.probe()[:2].numpy()
+    own = export.session(body, optimise=False).run([export.OUTPUT], {export.INPUT: images})[0]
+    got = export.run_filled(graph, body, weights, images)
+    assert got is not None and float(np.abs(got - own).max()) <= 1e-6 * float(np.abs(own).max())
+    files.verify(bundled, spec, body, weights, bundled.probe())  # passes
+
+    def edited(edit) -> bytes:
+        model = onnx.load_model_from_string(body)
+        edit(model)
+        return model.SerializeToString()
+
+    name = graph.weights[0]
+    bumped = dict(weights, **{name: np.nextafter(weights[name], np.inf).astype(np.float32)})
+    tampered = {
+        "one weight one ulp off": export.fill(graph, bumped),
+        "a node dropped": edited(lambda m: m.graph.node.pop()),
+        "an initialiser more": edited(lambda m: m.graph.initializer.append(numpy_helper.from_array(np.ones(1), "x"))),
+        "another width's file": built(bundled, replace(spec, width=spec.width + 1)),
+    }
+    for what, other in tampered.items():
+        assert export.run_filled(graph, other, weights, images) is None, what
+        with pytest.raises(files.ExportMismatch):
+            files.verify(bundled, spec, other, weights, bundled.probe())

@@ -7,8 +7,8 @@ from neumeta_core.plan import Plan
 
 CFG = HyperNetConfig(hidden=16, layers=2, frequencies=2)
 SHAPES = [(6, 4, 3, 3), (6,), (4, 6, 3, 3), (4,)]
-# synthesize() against forward(): the same arithmetic in another order (a separable first layer, ELU through exp),
-# so equal to float32 rounding, relative to each tensor's scale
+# synthesize() against forward(): the same arithmetic in another order (a separable first layer, ELU through exp2,
+# the mean over K before the last layer), so equal to float32 rounding, relative to each tensor's scale
 ROUNDING = 1e-6
 
 

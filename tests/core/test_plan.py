@@ -1,4 +1,4 @@
-"""The synthesis plan: groups, a separable first layer, tiles, and the ELU through exp (neumeta_core/plan.py)."""
+"""The synthesis plan: groups, a separable first layer, tiles, and the ELU through exp2 (neumeta_core/plan.py)."""
 
 import pytest
 import torch
