@@ -247,8 +247,7 @@ def verify_weights(body: bytes, weights: Weights, dtype: str) -> float:
 
 def session(onnx_bytes: bytes, optimise: bool = True) -> ort.InferenceSession:
     """An onnxruntime session on one CPU thread; `optimise=False`, for a file run once on a few images: the graph as
-    written, no memory arena or planned buffers (setting those up takes longer than such a run: 0.34 against 0.41
-    ms with the basic optimisations for the Fashion bundle at h = 8, bench/cold_synthesis.py's verify stage)."""
+    written, no memory arena or planned buffers (setting those up takes longer than such a run takes)."""
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
     if not optimise:
