@@ -18,6 +18,11 @@ floor says how far the synthesis is from what the device allows for that arithme
 does less than the floor counts: `performed_gflop` is what the plan's matmuls do (Plan.flops), and
 `cold_over_performed` the cold time against that arithmetic at the same rate.
 
+Where the forward's time goes: at the smallest and the largest served width, torch's profiler over --repeats
+forwards, each operator's own time per synthesis, summed into matmuls (what the floor counts), the element-wise
+passes (ELU, the residual adds) and the rest (copies, sums, views); `forward_by_operator` in the JSON. The
+profiler adds its own cost per operator, so read these as shares, not as times.
+
 Writes docs/results/cold_synthesis{,-DEVICE}.json and .png (the CPU run has no suffix).
 """
 
@@ -41,6 +46,7 @@ from neumeta_core import checkpoint, export, files
 from neumeta_core.checkpoint import Checkpoint
 from neumeta_core.hypernet import ResidualMLP
 from neumeta_core.plan import Plan
+from neumeta_core.report import cpu_name
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "docs" / "results"
@@ -138,6 +144,37 @@ def stages(ckpt: Checkpoint, width: int, samples: int, repeats: int, probe: torc
     }
 
 
+MATMULS = {"aten::addmm", "aten::addmm_", "aten::baddbmm", "aten::baddbmm_", "aten::mm", "aten::bmm"}
+ELEMENTWISE = {
+    "aten::exp2_", "aten::exp_", "aten::clamp_max", "aten::maximum", "aten::mul_", "aten::sub_", "aten::add_",
+    "aten::add", "aten::addcmul_", "aten::elu_", "aten::elu",
+}  # fmt: skip
+
+
+def by_operator(ckpt: Checkpoint, width: int, samples: int, repeats: int) -> dict[str, Any]:
+    """The forward at `width` under torch's profiler: ms per synthesis by kind of operator (see the module's notes),
+    and the operators that took the most."""
+    from torch.profiler import ProfilerActivity, profile
+
+    morph = ckpt.morph
+    morph.plan(width, samples)
+    morph.generate(width, samples=samples)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(repeats):
+            morph.generate(width, samples=samples)
+    own = {e.key: (e.self_cpu_time_total / 1e3 / repeats, e.count // repeats) for e in prof.key_averages()}
+    kinds = {"matmul": 0.0, "elementwise": 0.0, "other": 0.0}
+    for name, (ms, _) in own.items():
+        kinds["matmul" if name in MATMULS else "elementwise" if name in ELEMENTWISE else "other"] += ms
+    top = sorted(own.items(), key=lambda item: -item[1][0])[:8]
+    return {
+        "width": width,
+        "ms_by_kind": {k: round(v, 3) for k, v in kinds.items()},
+        "operator_calls": sum(count for _, count in own.values()),
+        "top": [{"operator": name, "ms": round(ms, 3), "calls": count} for name, (ms, count) in top],
+    }
+
+
 def row(ckpt: Checkpoint, width: int, samples: int, timings: dict[str, float], rate: float) -> dict[str, Any]:
     cold = sum(timings[s] for s in REQUEST)
     floor = timings["flops"] / rate
@@ -220,11 +257,12 @@ def main() -> None:
     for n, (width, k) in enumerate(tqdm(plan, desc="syntheses", unit="config")):
         r = row(ckpt, width, k, stages(ckpt, width, k, args.repeats, probe), rate)
         (by_width if n < len(widths) else by_samples).append(r)
+    profiled = [by_operator(ckpt, w, ckpt.morph.samples, args.repeats) for w in (widths[0], widths[-1])]
     rate_after = matmul_rate(device)
 
     record = {
         "command": "python bench/cold_synthesis.py " + " ".join(sys.argv[1:]),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+        "machine": f"{cpu_name()}, {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads",
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "checkpoint": ckpt.digest,
@@ -232,6 +270,7 @@ def main() -> None:
         "matmul_gflops_after": round(rate_after / 1e9, 1),
         "by_width": by_width,
         "by_samples": by_samples,
+        "forward_by_operator": profiled,
     }
     print(f"\nmatmul rate {rate / 1e9:.1f} GFLOP/s (after: {rate_after / 1e9:.1f}), {record['device']}\n")
     head = "| h | K | plan (at load) | forward | assemble | onnx | verify | cold (ms) | floor (ms) | synthesis/floor | cold/floor | unprepared/floor | cold/performed | onnx+verify share | one dense MLP/floor | its matmuls/floor |"  # noqa: E501
@@ -244,6 +283,10 @@ def main() -> None:
             f"| {r['cold_over_performed']:.2f} | {r['export_share']:.1%} | {r['dense_mlp_over_floor']:.2f} "
             f"| {r['dense_matmuls_over_floor']:.2f} |"
         )
+    print("\nthe forward by kind of operator (torch profiler, ms per synthesis):")
+    for f in profiled:
+        kinds = ", ".join(f"{k} {v:.2f}" for k, v in f["ms_by_kind"].items())
+        print(f"  h = {f['width']}: {kinds}; {f['operator_calls']} operator calls")
     suffix = "" if device.type == "cpu" else f"-{device.type}"
     out = args.out or RESULTS / f"cold_synthesis{suffix}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
 import sys
 import time
 from collections.abc import Callable
@@ -30,6 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from neumeta_core.plan import _elu
+from neumeta_core.report import cpu_name
 
 RESULTS = Path(__file__).resolve().parent.parent / "docs" / "results"
 
@@ -83,7 +83,7 @@ def main() -> None:
         print(f"| {t} | {r['torch_elu']} | {r['max_exp']} | {r['max_exp2']} | {r['exp']} | {r['exp2']} |")
     record = {
         "command": "python bench/elu.py " + " ".join(sys.argv[1:]),
-        "machine": platform.processor() or platform.machine(),
+        "machine": cpu_name(),
         "torch": torch.__version__,
         "rows": args.rows,
         "max_abs_difference_from_torch_elu": error,

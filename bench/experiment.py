@@ -23,7 +23,8 @@ from pathlib import Path
 import torch
 
 from neumeta_core import checkpoint, data
-from neumeta_core.train import accuracy, model_at
+from neumeta_core.structure import load_builder
+from neumeta_core.train import accuracy, measure, model_at
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "docs" / "results" / "experiments.md"
@@ -33,9 +34,15 @@ HEADLINE = (32, 24, 16, 8)  # gamma = 0, 0.25, 0.5, 0.75
 
 def evaluate(path: Path, samples: int | None = None, lattice: bool | None = None) -> dict[int, float]:
     ckpt = checkpoint.load(path)
+    stored = (ckpt.morph.samples, ckpt.morph.lattice)
     ckpt.morph.samples = samples or ckpt.morph.samples
     ckpt.morph.lattice = ckpt.morph.lattice if lattice is None else lattice
     split = data.load(ckpt.target.dataset, None)
+    if ckpt.calibration is not None and (ckpt.morph.samples, ckpt.morph.lattice) != stored:
+        # the BatchNorm statistics are stored per K as training measured them: measure them for this K, on the
+        # images training measured on (the first statistics_images of the training set, else the kept ones)
+        images = split.x_train[: ckpt.train.statistics_images] if ckpt.train.statistics_images else ckpt.calibration
+        measure(ckpt.morph, load_builder(ckpt.target.model), images)
     widths = [h for h in WIDTHS if h >= ckpt.morph.lowest]  # below the served range too, where stored
     return {h: accuracy(model_at(ckpt, h), split.x_test, split.y_test) for h in widths}
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import platform
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,17 @@ SERIES = {
     "slimmable": "universally slimmable",
     "l1_pruned": "L1 pruning, no fine-tuning",
 }
+
+
+def cpu_name() -> str:
+    """The CPU's model name (Linux), else what platform says."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def _cell(row: dict[str, Any], col: str) -> str:
