@@ -178,6 +178,45 @@ def teacher(
     return model, result, False
 
 
+def teacher_from(
+    path: Path, target: TargetConfig, device: torch.device | str = "cpu"
+) -> tuple[nn.Module, dict[str, Any]]:
+    """The network at h_max that the checkpoint at `path` was trained from, so that another recipe can start where
+    it did without pretraining again: the checkpoint's stored teacher with its channel permutation undone (it keeps
+    the teacher smoothed), in eval mode on `device`. Refused with an InputError where the checkpoint holds no
+    teacher, or the teacher of another network (other generated tensors, shapes or channel groups at h_max). Also
+    returns where it came from: the checkpoint's sha256 and the seconds its pretraining took."""
+    from neumeta_core import checkpoint, permute
+
+    ckpt = checkpoint.load(Path(path))
+    if ckpt.teacher is None:
+        raise InputError(f"--teacher-from {path}: the checkpoint holds no teacher (leave the flag out to train one)")
+    build = load_builder(target.model)
+    model = build_at(build, target.max_width)
+    theirs = ckpt.structure.shapes(ckpt.target.max_width)
+    ours = {name: tuple(t.shape) for name, t in model.state_dict().items() if name in theirs}
+    if ckpt.target.max_width != target.max_width or ours != {k: tuple(v) for k, v in theirs.items()}:
+        raise InputError(
+            f"--teacher-from {path}: its teacher is {ckpt.target.model} at width {ckpt.target.max_width}, which does "
+            f"not match {target.model} at width {target.max_width} (give a checkpoint of the same network)"
+        )
+    groups = ckpt.structure.groups
+    unknown = sorted(set(ckpt.permutation) - set(groups))
+    if unknown:  # a checkpoint converted from the old format names its groups as that format did
+        raise InputError(
+            f"--teacher-from {path}: its permutation names channel groups its network does not have ({unknown[0]}): "
+            "the teacher's channel order cannot be restored (a converted checkpoint?)"
+        )
+    state = dict(ckpt.teacher)
+    for name, order in ckpt.permutation.items():  # new position i holds old channel order[i]: put each back
+        state = permute.apply_order(state, groups[name], torch.tensor(order).argsort().tolist())
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise InputError(f"--teacher-from {path}: its teacher does not load into {target.model}: {e}") from None
+    return model.to(device).eval(), {"from": ckpt.digest, "seconds": ckpt.metadata.get("teacher_seconds")}
+
+
 def default_cache() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "neumeta" / "baselines"
 

@@ -108,6 +108,11 @@ def _train(args: argparse.Namespace) -> int:
         "builder": baselines.source_digest(target.model),
         "device": device,
     }
+    borrowed: torch.nn.Module | None = None  # with --teacher-from: that checkpoint's teacher ...
+    origin: dict[str, Any] = {}  # ... and where it came from
+    if args.teacher_from is not None:  # refused here, before anything is printed or started, where it does not fit
+        borrowed, origin = baselines.teacher_from(args.teacher_from, target)
+        identity["teacher_from"] = origin["from"]
     resuming = args.resume or (args.auto_resume and state_path(args.out).exists())
     if args.nproc > 1 and not distributed.launched():
         if resuming:
@@ -129,7 +134,10 @@ def _train(args: argparse.Namespace) -> int:
                     f"{len(net.structure.generated)} tensors generated, {len(net.structure.groups)} channel groups",
                     file=sys.stderr,
                 )
-            if not args.no_cache:  # the teacher is the individual baseline at h_max: trained once per recipe and seed
+            if borrowed is not None:  # an earlier checkpoint's teacher: no pretraining, nothing cached
+                teacher, record, cached = borrowed.to(world.device), {"seconds": origin["seconds"]}, True
+                note = f", teacher from {args.teacher_from}"
+            elif not args.no_cache:  # the teacher is the individual baseline at h_max: trained once per recipe and seed
                 runs = baselines.Runs(args.cache or baselines.default_cache())
                 teacher, record, cached = baselines.teacher(target, cfg, split, runs, progress, resume, world)
                 note = f", teacher {'from' if cached else 'trained in'} {record['seconds']} s, cached in {runs.root}"
@@ -139,6 +147,8 @@ def _train(args: argparse.Namespace) -> int:
             result = evaluate(fitted, split, progress)
             if teacher is not None:
                 result.metadata.update(teacher_seconds=record["seconds"], teacher_cached=cached)
+            if borrowed is not None:
+                result.metadata["teacher_from"] = origin["from"]
             result.metadata["processes"] = world.size
             digest = checkpoint.save(args.out, result, cfg)
             resume.finish()
@@ -494,6 +504,12 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest for this small model)")
     t.add_argument("--cache", type=Path, help="where the teacher is kept (default ~/.cache/neumeta/baselines)")
     t.add_argument("--no-cache", action="store_true", help="train the teacher again and keep nothing")
+    t.add_argument(
+        "--teacher-from",
+        type=Path,
+        metavar="CHECKPOINT",
+        help="start from the teacher an earlier checkpoint of the same network was trained from (no pretraining)",
+    )
     t.add_argument(
         "--save-every", type=positive, default=500, help="steps between training states (OUT.train-state; default 500)"
     )

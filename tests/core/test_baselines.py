@@ -6,6 +6,7 @@ import torch
 
 from neumeta_core import baselines, checkpoint, slimmable
 from neumeta_core.builders.digits import digits_cnn
+from neumeta_core.errors import InputError
 from neumeta_core.structure import build_at
 from tests.core.conftest import TINY_TARGET
 
@@ -120,3 +121,43 @@ def test_the_teacher_is_the_individual_run_at_h_max_trained_once(tiny, split, tm
     assert not cached
     pairs = zip(model.state_dict().values(), retrained.state_dict().values(), strict=True)
     assert all(torch.equal(a, b) for a, b in pairs)
+
+
+def test_a_checkpoints_teacher_comes_back_in_its_own_channel_order(tiny, split, tmp_path):
+    """teacher_from undoes the permutation the checkpoint keeps its teacher in: what comes back is, bit for bit, the
+    teacher the same recipe and seed pretrain (the tiny run's permutation moves channels, so this is not trivial)."""
+    _, path, digest = tiny
+    ckpt = checkpoint.load(path)
+    assert any(order != sorted(order) for order in ckpt.permutation.values())
+    model, origin = baselines.teacher_from(path, ckpt.target)
+    trained, _, _ = baselines.teacher(ckpt.target, ckpt.train, split, baselines.Runs(tmp_path), progress=False)
+    assert origin["from"] == digest and not model.training
+    pairs = zip(model.state_dict().items(), trained.state_dict().values(), strict=True)
+    assert all(torch.equal(mine, theirs) for (_, mine), theirs in pairs)
+
+
+def _rewritten(path, out, change):
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    change(payload)
+    torch.save(payload, out)
+    return out
+
+
+@pytest.mark.parametrize(
+    "change,says",
+    [
+        (lambda p: p.pop("teacher_state"), "the checkpoint holds no teacher"),
+        (lambda p: p.update(permutation={"old.name": p["permutation"].popitem()[1]}), "channel groups its network"),
+    ],
+)
+def test_a_checkpoint_without_a_usable_teacher_is_refused(tiny, tmp_path, change, says):
+    _, path, _ = tiny
+    bad = _rewritten(path, tmp_path / "bad.pt", change)
+    with pytest.raises(InputError, match=says):
+        baselines.teacher_from(bad, TINY_TARGET)
+
+
+def test_another_networks_teacher_is_refused(tiny):
+    _, path, _ = tiny
+    with pytest.raises(InputError, match=r"does not match .* at width 12"):
+        baselines.teacher_from(path, replace(TINY_TARGET, max_width=12))

@@ -11,10 +11,10 @@ import onnx
 import pytest
 import torch
 
-from neumeta_core import checkpoint, data, export
+from neumeta_core import baselines, checkpoint, data, export
 from neumeta_core.builders.fashion import fashion
 from neumeta_core.structure import build_at
-from neumeta_core.train import model_at
+from neumeta_core.train import accuracy, model_at
 from tests.core.test_data import write_idx
 from tests.service.conftest import BIN, serving
 
@@ -101,6 +101,32 @@ def test_train_compare_serve_and_run_the_fashion_network(tiny_fashion, tmp_path)
     with torch.no_grad():
         expected = model_at(ckpt, 4)(x).numpy()
     assert export.relative(got, expected) <= 1e-4
+
+
+def test_train_from_the_bundles_teacher_skips_pretraining(tiny_fashion, tmp_path):
+    """`neumeta train --teacher-from` starts from the teacher an earlier checkpoint was trained from (its channel
+    order restored): no pretraining phase, and the teacher it reports is that network, scored on this data."""
+    bundle = checkpoint.BUNDLED.with_name("fashion.pt")
+    out = tmp_path / "again.pt"
+    schedule = ["--warm-steps", "3", "--steps", "3", "--slim-epochs", "0", "--hidden", "16"]
+    schedule += ["--min-width", "28", "--train-min-width", "28", "--held-out", "30"]  # few widths to measure
+    argv = [str(BIN), "train", "--model", "fashion", "--data-dir", str(tiny_fashion), *schedule]
+    train = subprocess.run([*argv, "--teacher-from", str(bundle), "--out", str(out)], capture_output=True, text=True)
+    assert train.returncode == 0, train.stderr
+    assert "pretrain" not in train.stderr and f"teacher from {bundle}" in train.stdout
+    ckpt = checkpoint.load(out)
+    assert ckpt.metadata["teacher_from"] == checkpoint.load(bundle).digest
+    teacher, _ = baselines.teacher_from(bundle, ckpt.target)
+    split = data.load("idx", tiny_fashion)
+    assert ckpt.metadata["teacher_accuracy"] == pytest.approx(accuracy(teacher, split.x_test, split.y_test))
+    other = subprocess.run(  # another network's teacher: one line, status 2, nothing written
+        [*argv, "--teacher-from", str(bundle.with_name("digits_full.pt")), "--out", str(tmp_path / "x.pt")],
+        capture_output=True,
+        text=True,
+    )
+    assert other.returncode == 2 and len(other.stderr.strip().splitlines()) == 1, other.stderr
+    assert "does not match neumeta_core.builders.fashion:fashion at width 32" in other.stderr
+    assert not (tmp_path / "x.pt").exists()
 
 
 @pytest.mark.parametrize("held", [["8"], ["4"], ["9"], ["2"]])
