@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from neumeta_core import data, export, slimmable
+from neumeta_core import checkpoint, data, export, permute, slimmable
 from neumeta_core.checkpoint import Checkpoint
 from neumeta_core.config import TargetConfig, TrainConfig
 from neumeta_core.data import Split
@@ -178,16 +178,12 @@ def teacher(
     return model, result, False
 
 
-def teacher_from(
-    path: Path, target: TargetConfig, device: torch.device | str = "cpu"
-) -> tuple[nn.Module, dict[str, Any]]:
+def teacher_from(path: Path, target: TargetConfig) -> tuple[nn.Module, dict[str, Any]]:
     """The network at h_max that the checkpoint at `path` was trained from, so that another recipe can start where
     it did without pretraining again: the checkpoint's stored teacher with its channel permutation undone (it keeps
-    the teacher smoothed), in eval mode on `device`. Refused with an InputError where the checkpoint holds no
+    the teacher smoothed), on the CPU in eval mode. Refused with an InputError where the checkpoint holds no
     teacher, or the teacher of another network (other generated tensors, shapes or channel groups at h_max). Also
     returns where it came from: the checkpoint's sha256 and the seconds its pretraining took."""
-    from neumeta_core import checkpoint, permute
-
     ckpt = checkpoint.load(Path(path))
     if ckpt.teacher is None:
         raise InputError(f"--teacher-from {path}: the checkpoint holds no teacher (leave the flag out to train one)")
@@ -214,7 +210,7 @@ def teacher_from(
         model.load_state_dict(state)
     except RuntimeError as e:
         raise InputError(f"--teacher-from {path}: its teacher does not load into {target.model}: {e}") from None
-    return model.to(device).eval(), {"from": ckpt.digest, "seconds": ckpt.metadata.get("teacher_seconds")}
+    return model.eval(), {"from": ckpt.digest, "seconds": ckpt.metadata.get("teacher_seconds")}
 
 
 def default_cache() -> Path:
