@@ -175,10 +175,19 @@ def by_operator(ckpt: Checkpoint, width: int, samples: int, repeats: int) -> dic
     }
 
 
+def fused_bound(r: dict[str, Any]) -> float:
+    """cold / floor that no fusion of the element-wise passes can beat: the plan's matmuls (performed_gflop) at the
+    rate of one dense MLP's matmuls over every query (the best these layers ran at), plus export and verification."""
+    return (
+        r["dense_matmuls_over_floor"] * r["performed_gflop"] / r["gflop"]
+        + (r["onnx_ms"] + r["verify_ms"]) / r["floor_ms"]
+    )
+
+
 def row(ckpt: Checkpoint, width: int, samples: int, timings: dict[str, float], rate: float) -> dict[str, Any]:
     cold = sum(timings[s] for s in REQUEST)
     floor = timings["flops"] / rate
-    return {
+    out = {
         "width": width,
         "samples": samples,
         **{f"{s}_ms": round(timings[s] * 1e3, 3) for s in STAGES},
@@ -196,6 +205,8 @@ def row(ckpt: Checkpoint, width: int, samples: int, timings: dict[str, float], r
         "cold_unprepared_over_floor": round((cold + timings["encode"]) / floor, 2),
         "export_share": round((timings["onnx"] + timings["verify"]) / cold, 3),
     }
+    out["fused_bound_over_floor"] = round(fused_bound(out), 2)
+    return out
 
 
 def plot(record: dict[str, Any], path: Path) -> None:
@@ -242,7 +253,22 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--samples", type=int, nargs="+", default=[1, 2, 5, 10, 20], help="K values at full width")
     p.add_argument("--out", type=Path, default=None)
+    p.add_argument(
+        "--bound",
+        type=Path,
+        default=None,
+        metavar="JSON",
+        help="measure nothing: print, per width of an earlier run's JSON, cold/floor and the bound no fusion of the "
+        "element-wise passes can beat (fused_bound_over_floor)",
+    )
     args = p.parse_args()
+    if args.bound:
+        record = json.loads(args.bound.read_text())
+        print(f"{args.bound}: {record['machine']}; matmul {record['matmul_gflops']} GFLOP/s")
+        print("| h | K | cold/floor | fused bound/floor |\n|---|---|---|---|")
+        for r in record["by_width"]:
+            print(f"| {r['width']} | {r['samples']} | {r['cold_over_floor']:.2f} | {fused_bound(r):.2f} |")
+        return
     device = torch.device(args.device)
     ckpt = checkpoint.load(args.checkpoint, device)
     t = ckpt.target
