@@ -1,6 +1,7 @@
 """Cold synthesis, stage by stage, against the floor the hardware sets, per width and per K.
 
     .venv/bin/python bench/cold_synthesis.py [--checkpoint PATH] [--device cpu|cuda] [--repeats 5]
+    .venv/bin/python bench/cold_synthesis.py --bound docs/results/cold_synthesis_xeon.json   # from a run's JSON
 
 A synthesis (service/synthesis.py) is: lay out the width's plan (the coordinates of every generated weight, K
 copies, Fourier features, in separable form where the K sets allow; groups and tiles; neumeta_core/plan.py; done
