@@ -5,6 +5,8 @@ BIN := $(VENV)/bin
 TORCH := torch==2.13.0
 HOST ?= 127.0.0.1
 PORT ?= 8000
+# pytest processes for `make test`, each test file in one of them (its module fixtures made once); 1: no xdist
+TEST_WORKERS ?= 2
 
 .PHONY: run test lint bench soak bench-tools test-tools setup clean
 
@@ -40,7 +42,7 @@ test-tools:
 	fi
 
 test: setup test-tools
-	$(BIN)/pytest
+	$(BIN)/pytest $(if $(filter 1,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
 
 lint: setup
 	$(BIN)/ruff check .

@@ -65,13 +65,29 @@ RECIPE_FLAGS = [
 ]
 
 
+def train(model: str, cifar_dir, out, flags=()) -> None:
+    argv = ["train", "--model", model, "--data-dir", str(cifar_dir), *FAST, "--samples", "2", "--out", str(out)]
+    assert main([*argv, *flags]) == 0
+
+
+@pytest.fixture(scope="module")
+def resnet20_pt(cifar_dir, tmp_path_factory):
+    """resnet20 (the paper's setting) trained once on the tiny set with K = 2, for the tests that only read it
+    (about 35 s a training on a 2-core machine)."""
+    out = tmp_path_factory.mktemp("resnet") / "cifar_resnet20.pt"
+    train("resnet20", cifar_dir, out)
+    return out
+
+
 @pytest.mark.parametrize(
     "model, flags", [("resnet20", []), ("resnet20_stage3", RECIPE_FLAGS)], ids=["layer3.2", "stage3-whole-recipe"]
 )
-def test_train_and_eval_end_to_end_on_cifar_format_data(cifar_dir, tmp_path, capsys, model, flags):
-    out = tmp_path / "resnet20.pt"
-    argv = ["train", "--model", model, "--data-dir", str(cifar_dir), *FAST, "--samples", "2", "--out", str(out)]
-    assert main([*argv, *flags]) == 0
+def test_train_and_eval_end_to_end_on_cifar_format_data(cifar_dir, tmp_path, capsys, model, flags, request):
+    if flags:
+        out = tmp_path / "resnet20.pt"
+        train(model, cifar_dir, out, flags)
+    else:
+        out = request.getfixturevalue("resnet20_pt")
     ckpt = checkpoint.load(out)
     assert len(ckpt.generated_tensors()) == (12 if flags else 4)
     assert ckpt.calibration is not None and ckpt.calibration.shape[1:] == CIFAR
@@ -98,24 +114,20 @@ def test_train_and_eval_end_to_end_on_cifar_format_data(cifar_dir, tmp_path, cap
     assert "| γ |" in capsys.readouterr().out
 
 
-def test_eval_without_a_data_dir_says_what_is_missing(cifar_dir, tmp_path, capsys):
-    out = tmp_path / "r.pt"
-    assert main(["train", "--model", "resnet20", "--data-dir", str(cifar_dir), *FAST, "--out", str(out)]) == 0
+def test_eval_without_a_data_dir_says_what_is_missing(resnet20_pt, capsys):
     capsys.readouterr()
-    assert main(["eval", "--checkpoint", str(out)]) == 2
+    assert main(["eval", "--checkpoint", str(resnet20_pt)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("neumeta eval: ") and "pass --data-dir" in err and len(err.splitlines()) == 1
 
 
-def test_the_service_serves_a_resnet20_checkpoint_beside_the_digits_one(cifar_dir, tmp_path):
+def test_the_service_serves_a_resnet20_checkpoint_beside_the_digits_one(cifar_dir, resnet20_pt):
     from fastapi.testclient import TestClient
 
     from service.config import Settings
     from service.main import create_app
 
-    out = tmp_path / "cifar_resnet20.pt"
-    argv = ["train", "--model", "resnet20", "--data-dir", str(cifar_dir), *FAST, "--samples", "2", "--out", str(out)]
-    assert main(argv) == 0
+    out = resnet20_pt
     settings = Settings(device="cpu", checkpoints=(checkpoint.BUNDLED, out))
     with TestClient(create_app(settings), base_url="http://127.0.0.1") as client:
         r = client.post("/models", params={"model": "cifar_resnet20", "ratio": 0.5})
