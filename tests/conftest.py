@@ -15,6 +15,17 @@ from tests.processes import RedisServer
 os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="neumeta-tests-cache-")
 # the service the tests start serves the digits bundle (small, fast, its figures known) unless a test says otherwise
 os.environ.setdefault("NEUMETA_CHECKPOINTS", str(checkpoint.BUNDLED))
+# torch's thread count is process-wide and the commands the tests call in-process set it (neumeta train --threads,
+# neumeta eval, the service's settings). Training is bitwise the same only at one thread count, so a test that
+# compares two trainings must not see what the tests before it left: with pytest-xdist any file may run before it
+THREADS = torch.get_num_threads()
+
+
+@pytest.fixture(autouse=True)
+def torch_threads() -> Iterator[None]:
+    """Every test, and the session fixtures its setup makes, starts at torch's default thread count."""
+    yield
+    torch.set_num_threads(THREADS)
 
 
 @pytest.fixture(scope="session")
