@@ -17,13 +17,15 @@ os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="neumeta-tests-cache-")
 os.environ.setdefault("NEUMETA_CHECKPOINTS", str(checkpoint.BUNDLED))
 # torch's thread count is process-wide and the commands the tests call in-process set it (neumeta train --threads,
 # neumeta eval, the service's settings). Training is bitwise the same only at one thread count, so a test that
-# compares two trainings must not see what the tests before it left: with pytest-xdist any file may run before it
-THREADS = torch.get_num_threads()
+# compares two trainings must not see what the tests before it left: with pytest-xdist any file may run before it.
+# Under xdist each worker takes its share of the cores (2 workers of 2 threads on 2 cores ran 30 % slower)
+THREADS = max(1, torch.get_num_threads() // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+torch.set_num_threads(THREADS)
 
 
 @pytest.fixture(autouse=True)
 def torch_threads() -> Iterator[None]:
-    """Every test, and the session fixtures its setup makes, starts at torch's default thread count."""
+    """Every test, and the session fixtures its setup makes, starts at THREADS."""
     yield
     torch.set_num_threads(THREADS)
 
@@ -35,7 +37,6 @@ def split() -> Split:
 
 @pytest.fixture(scope="session")
 def bundled() -> checkpoint.Checkpoint:
-    torch.set_num_threads(2)
     return checkpoint.load(checkpoint.BUNDLED)
 
 
