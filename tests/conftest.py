@@ -18,7 +18,7 @@ os.environ.setdefault("NEUMETA_CHECKPOINTS", str(checkpoint.BUNDLED))
 # torch's thread count is process-wide and the commands the tests call in-process set it (neumeta train --threads,
 # neumeta eval, the service's settings). Training is bitwise the same only at one thread count, so a test that
 # compares two trainings must not see what the tests before it left: with pytest-xdist any file may run before it.
-# Under xdist each worker takes its share of the cores (2 workers of 2 threads on 2 cores ran 30 % slower)
+# Under xdist each worker takes its share of the cores (2 workers of 2 threads on 2 cores: 10.7-11.0 min against 9.5)
 THREADS = max(1, torch.get_num_threads() // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
 torch.set_num_threads(THREADS)
 
