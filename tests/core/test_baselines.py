@@ -86,11 +86,8 @@ def test_runs_in_worker_processes_equal_runs_here(tiny, split, tmp_path):
     runs = baselines.Runs(tmp_path)
     plan = baselines.Plan(ckpt.target, ckpt.train, split, [8, 5], [0], runs, slimmable=False)
     plan.run(jobs=2, progress=False)
-    torch.set_num_threads(1)  # as in each worker
-    try:
-        here = baselines.individual(ckpt.target.model, ckpt.train, split, 5, seed=0, progress=False)
-    finally:
-        torch.set_num_threads(2)
+    torch.set_num_threads(1)  # as in each worker (restored after the test: conftest)
+    here = baselines.individual(ckpt.target.model, ckpt.train, split, 5, seed=0, progress=False)
     assert plan.individual_result(5, 0)["accuracy"] == here["accuracy"]
     assert plan.individual_result(5, 0)["params"] == here["params"]
 

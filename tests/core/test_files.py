@@ -114,15 +114,11 @@ def test_two_fresh_processes_write_the_same_bytes(bundled):
     ]
     first, second = (r.stdout.split() for r in runs)
     assert len(first) == 2 * len(FORMATS) and first == second
-    threads = torch.get_num_threads()
-    torch.set_num_threads(_default_threads())
-    try:
-        here = []
-        for fmt, dtype in FORMATS:
-            spec = files.spec_for(bundled, 20, fmt, dtype)
-            here += [spec.digest, hashlib.sha256(built(bundled, spec)).hexdigest()]
-    finally:
-        torch.set_num_threads(threads)
+    torch.set_num_threads(_default_threads())  # restored after the test (conftest)
+    here = []
+    for fmt, dtype in FORMATS:
+        spec = files.spec_for(bundled, 20, fmt, dtype)
+        here += [spec.digest, hashlib.sha256(built(bundled, spec)).hexdigest()]
     assert here == first
 
 

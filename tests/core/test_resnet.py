@@ -127,8 +127,7 @@ def test_the_service_serves_a_resnet20_checkpoint_beside_the_digits_one(cifar_di
     from service.config import Settings
     from service.main import create_app
 
-    out = resnet20_pt
-    settings = Settings(device="cpu", checkpoints=(checkpoint.BUNDLED, out))
+    settings = Settings(device="cpu", checkpoints=(checkpoint.BUNDLED, resnet20_pt))
     with TestClient(create_app(settings), base_url="http://127.0.0.1") as client:
         r = client.post("/models", params={"model": "cifar_resnet20", "ratio": 0.5})
         assert r.status_code == 200, r.text
@@ -136,7 +135,7 @@ def test_the_service_serves_a_resnet20_checkpoint_beside_the_digits_one(cifar_di
         sess = export.session(r.content)
         assert sess.get_inputs()[0].shape == ["batch", 3, 32, 32]
         x = cifar10(cifar_dir).x_test[:4]
-        expected = model_at(checkpoint.load(out), 32)(x).detach().numpy()
+        expected = model_at(checkpoint.load(resnet20_pt), 32)(x).detach().numpy()
         assert np.abs(sess.run(["logits"], {"input": x.numpy()})[0] - expected).max() <= 1e-4
         bad = client.post("/models", params={"model": "cifar_resnet20", "ratio": 0.9})
         assert bad.status_code == 422 and "0.875" in bad.json()["detail"]
